@@ -1,0 +1,460 @@
+// Package cache is the offload server's disk cache: entries keyed by base host and path,
+// filled once from the base while every waiting reader follows the growing file,
+// committed by atomic rename, revalidated with HEAD, bounded in bytes by ristretto.
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+	"golang.org/x/sys/unix"
+)
+
+// Config says where the cache lives and how it reaches the base.
+type Config struct {
+	Dir        string        // cache folder; created if missing
+	MaxBytes   int64         // bound on the bodies kept; 0: 90 % of the free space at start
+	Base       string        // http://host[:port] the base is known by (Host header)
+	BaseAddr   string        // host:port to connect to instead of resolving Base; optional
+	UserAgent  string        // sent to the base
+	Fetchers   int           // HEADs and GETs in flight to the base, each; default 64
+	Timeout    time.Duration // connect, response head, idle body; default 45 s
+	Revalidate time.Duration // trust a checked entry this long; 0: HEAD on every request
+	MemBytes   int64         // memory for bodies of small files; default 64 MiB
+	SmallFile  int64         // largest body kept in memory; default 64 KiB
+	Logf       func(format string, args ...any)
+}
+
+// Stats counts what the cache did; read it with atomic loads.
+type Stats struct {
+	Hits, Misses, Stale, Fills, FillErrors, Heads, Gets, Evictions atomic.Int64
+}
+
+// Cache is the disk cache of one base server. Its methods are safe for concurrent use.
+type Cache struct {
+	cfg   Config
+	host  string // base host, the first part of every key
+	up    *upstream
+	index *ristretto.Cache[string, *entry] // the policy and the index: cost = body bytes
+	mem   *ristretto.Cache[string, []byte] // bodies of small files, by data file path
+	Stats Stats
+
+	closing sync.RWMutex // held for reading around index changes from fills; Close takes it
+	closed  bool         // guarded by closing
+	// shutting is set before the policy closes: ristretto's Close evicts every item,
+	// and those evictions must not delete the files the next start will index.
+	shutting atomic.Bool
+
+	mu    sync.Mutex       // protects fills and heads
+	fills map[string]*fill // fills in progress, by key
+	heads map[string]*headCall
+}
+
+// entry is one committed version of a file: its data file and metadata.
+type entry struct {
+	meta    Meta
+	path    string       // data file; unique per version, so removing it never hits another
+	checked atomic.Int64 // UnixNano of the last HEAD that confirmed it
+
+	mu   sync.Mutex // protects file
+	file *sharedFile
+}
+
+// sharedFile is one open descriptor shared by every reader of a version: sendfile takes
+// its own offset, so readers need no file position of their own.
+type sharedFile struct {
+	f    *os.File
+	refs int // guarded by the owner's mutex
+}
+
+// Open makes the cache folder, scans it and returns the cache. Complete entries are
+// indexed; unfinished fills and damaged files are removed.
+func Open(cfg Config) (*Cache, error) {
+	if cfg.Fetchers <= 0 {
+		cfg.Fetchers = 64
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 45 * time.Second
+	}
+	if cfg.MemBytes <= 0 {
+		cfg.MemBytes = 64 << 20
+	}
+	if cfg.SmallFile <= 0 {
+		cfg.SmallFile = 64 << 10
+	}
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = "offload"
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	up, err := newUpstream(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("cache: %w", err)
+	}
+	if cfg.MaxBytes <= 0 {
+		var st unix.Statfs_t
+		if err := unix.Statfs(cfg.Dir, &st); err != nil {
+			return nil, fmt.Errorf("cache: statfs %s: %w", cfg.Dir, err)
+		}
+		cfg.MaxBytes = int64(st.Bavail) * int64(st.Bsize) * 9 / 10
+		if cfg.MaxBytes <= 0 {
+			return nil, fmt.Errorf("cache: %s has no free space", cfg.Dir)
+		}
+	}
+	c := &Cache{cfg: cfg, host: up.base.Host, up: up, fills: map[string]*fill{}, heads: map[string]*headCall{}}
+	counters := cfg.MaxBytes / (32 << 10) * 10
+	counters = min(max(counters, 10_000), 10_000_000)
+	c.index, err = ristretto.NewCache(&ristretto.Config[string, *entry]{
+		NumCounters:        counters,
+		MaxCost:            cfg.MaxBytes,
+		BufferItems:        64,
+		IgnoreInternalCost: true,
+		OnEvict: func(it *ristretto.Item[*entry]) {
+			c.Stats.Evictions.Add(1)
+			c.remove(it.Value)
+		},
+		OnReject: func(it *ristretto.Item[*entry]) { c.remove(it.Value) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cache: %w", err)
+	}
+	c.mem, err = ristretto.NewCache(&ristretto.Config[string, []byte]{
+		NumCounters: max(cfg.MemBytes/cfg.SmallFile*10, 1000),
+		MaxCost:     cfg.MemBytes,
+		BufferItems: 64,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cache: %w", err)
+	}
+	if err := c.scan(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Close stops the policy goroutines. Open handles stay readable.
+func (c *Cache) Close() {
+	c.closing.Lock()
+	defer c.closing.Unlock()
+	if c.closed {
+		return
+	}
+	c.closed = true
+	c.shutting.Store(true)
+	c.index.Close()
+	c.mem.Close()
+}
+
+// MaxBytes is the bound in force.
+func (c *Cache) MaxBytes() int64 { return c.cfg.MaxBytes }
+
+func (c *Cache) key(path string) string { return c.host + path }
+
+// remove deletes an entry's data file; readers holding it open keep reading.
+func (c *Cache) remove(e *entry) {
+	if e == nil || c.shutting.Load() {
+		return
+	}
+	if err := os.Remove(e.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		c.cfg.Logf("cache: remove %s: %v", e.path, err)
+	}
+	c.mem.Del(e.path)
+}
+
+// scan indexes the complete entries under the cache folder and removes everything else.
+// It reads one 4 KiB header per file, so it takes time in proportion to the entries.
+func (c *Cache) scan() error {
+	newest := map[string]*entry{}
+	err := filepath.WalkDir(c.cfg.Dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		name := d.Name()
+		if strings.HasSuffix(name, ".part") {
+			c.cfg.Logf("cache: removing unfinished fill %s", path)
+			return os.Remove(path)
+		}
+		e, err := c.loadEntry(path)
+		if err != nil {
+			c.cfg.Logf("cache: removing %s: %v", path, err)
+			return os.Remove(path)
+		}
+		if old := newest[e.meta.Key]; old != nil {
+			if old.meta.Stored.After(e.meta.Stored) {
+				return os.Remove(e.path)
+			}
+			_ = os.Remove(old.path)
+		}
+		newest[e.meta.Key] = e
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cache: scan %s: %w", c.cfg.Dir, err)
+	}
+	for k, e := range newest {
+		if !c.index.Set(k, e, e.meta.Size) {
+			c.remove(e)
+		}
+	}
+	c.index.Wait()
+	return nil
+}
+
+func (c *Cache) loadEntry(path string) (*entry, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	m, err := readHeader(f)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() != HeaderSize+m.Size {
+		return nil, fmt.Errorf("length %d, header says %d", st.Size()-HeaderSize, m.Size)
+	}
+	if !strings.HasPrefix(m.Key, c.host+"/") {
+		return nil, fmt.Errorf("entry of another base (%s)", m.Key)
+	}
+	if !strings.HasPrefix(filepath.Base(path), keyName(m.Key)+"-") {
+		return nil, fmt.Errorf("file name does not match key %s", m.Key)
+	}
+	return &entry{meta: *m, path: path}, nil
+}
+
+// dataPath is where version gen of key lives: two levels of fan-out by hash.
+func (c *Cache) dataPath(key string, gen int64) string {
+	name := keyName(key)
+	return filepath.Join(c.cfg.Dir, name[:2], fmt.Sprintf("%s-%x", name, gen))
+}
+
+// Handle is one reader's view of a version: metadata, and the bytes in memory or in a
+// file (complete or still filling). Release it exactly once.
+type Handle struct {
+	Meta  Meta
+	Body  []byte // the whole body, for small files kept in memory; else nil
+	Stale bool   // the base could not be asked; this is the last known version
+	Hit   bool   // served from a committed entry
+
+	file    *sharedFile
+	release func(*sharedFile)
+	fill    *fill // nil once the body is complete on disk
+}
+
+// Fd is the descriptor to sendfile from; the body starts at HeaderSize.
+func (h *Handle) Fd() int { return int(h.file.f.Fd()) }
+
+// File is the open data file (body at HeaderSize), or nil for an in-memory body.
+func (h *Handle) File() *os.File {
+	if h.file == nil {
+		return nil
+	}
+	return h.file.f
+}
+
+// Available is how many body bytes can be read now, and the fill's error if it failed.
+// A complete body has Size bytes available and no error.
+func (h *Handle) Available() (int64, error) {
+	if h.fill == nil {
+		return h.Meta.Size, nil
+	}
+	return h.fill.available()
+}
+
+// Wait arranges for wake to be called once, when more than have bytes are available or
+// the fill ends. It returns false, without arranging anything, when that is already so.
+func (h *Handle) Wait(have int64, wake func()) bool {
+	if h.fill == nil {
+		return false
+	}
+	return h.fill.wait(have, wake)
+}
+
+// Release gives the handle's descriptor back.
+func (h *Handle) Release() {
+	if h.file != nil {
+		h.release(h.file)
+		h.file = nil
+	}
+}
+
+// Lookup returns a handle for path without asking the base, when a committed entry
+// exists and was confirmed within the revalidation period; otherwise nil. It does not
+// block on the network, so the event loop may call it.
+func (c *Cache) Lookup(path string) *Handle {
+	if c.cfg.Revalidate <= 0 {
+		return nil
+	}
+	e, ok := c.index.Get(c.key(path))
+	if !ok || time.Now().UnixNano()-e.checked.Load() > int64(c.cfg.Revalidate) {
+		return nil
+	}
+	h, err := c.hit(e, false)
+	if err != nil {
+		return nil
+	}
+	return h
+}
+
+// Get returns a handle for path after asking the base whether the cached version is
+// current, starting a fill when it is not. rawPath is the path as the client escaped
+// it, which is what the base is asked for. Errors are *Error values to relay.
+func (c *Cache) Get(ctx context.Context, path, rawPath string) (*Handle, error) {
+	key := c.key(path)
+	e, _ := c.index.Get(key)
+	if e != nil && c.cfg.Revalidate > 0 && time.Now().UnixNano()-e.checked.Load() <= int64(c.cfg.Revalidate) {
+		return c.hit(e, false)
+	}
+	m, err := c.head(ctx, key, rawPath)
+	if err != nil {
+		var ue *Error
+		switch {
+		case IsBaseDown(err) && e != nil:
+			c.cfg.Logf("cache: base down for %s, serving the cached copy: %v", key, err)
+			c.Stats.Stale.Add(1)
+			return c.hit(e, true)
+		case errors.As(err, &ue) && (ue.Status == 404 || ue.Status == 410):
+			c.purge(key)
+		}
+		return nil, err
+	}
+	m.Key = key
+	if e != nil && SameVersion(&e.meta, m) {
+		e.checked.Store(time.Now().UnixNano())
+		return c.hit(e, false)
+	}
+	c.Stats.Misses.Add(1)
+	h, err := c.startFill(key, rawPath, m).handle(ctx)
+	if err == errFillGone {
+		// The fill finished as we joined it; its entry is committed (or rejected).
+		if e, ok := c.index.Get(key); ok && SameVersion(&e.meta, m) {
+			return c.hit(e, false)
+		}
+		h, err = c.startFill(key, rawPath, m).handle(ctx)
+	}
+	return h, err
+}
+
+// hit opens a handle on a committed entry.
+func (c *Cache) hit(e *entry, stale bool) (*Handle, error) {
+	c.Stats.Hits.Add(1)
+	h := &Handle{Meta: e.meta, Stale: stale, Hit: true}
+	if e.meta.Size <= c.cfg.SmallFile {
+		if body, ok := c.mem.Get(e.path); ok {
+			h.Body = body
+			return h, nil
+		}
+	}
+	sf, err := e.acquire()
+	if err != nil {
+		// Evicted or removed under us: forget it, the next request fills again.
+		c.index.Del(e.meta.Key)
+		return nil, &Error{Status: 503, Reason: "cached file vanished, try again", Err: err}
+	}
+	h.file, h.release = sf, e.releaseFile
+	if e.meta.Size <= c.cfg.SmallFile {
+		body := make([]byte, e.meta.Size)
+		if _, err := sf.f.ReadAt(body, HeaderSize); err == nil {
+			c.mem.Set(e.path, body, int64(len(body))+64)
+			h.Body = body
+			h.Release()
+		}
+	}
+	return h, nil
+}
+
+func (e *entry) acquire() (*sharedFile, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.file == nil {
+		f, err := os.Open(e.path)
+		if err != nil {
+			return nil, err
+		}
+		e.file = &sharedFile{f: f}
+	}
+	e.file.refs++
+	return e.file, nil
+}
+
+func (e *entry) releaseFile(sf *sharedFile) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	sf.refs--
+	if sf.refs == 0 {
+		sf.f.Close()
+		if e.file == sf {
+			e.file = nil
+		}
+	}
+}
+
+// purge drops the entry for key: the base says the file is gone.
+func (c *Cache) purge(key string) {
+	if e, ok := c.index.Get(key); ok {
+		c.index.Del(key)
+		c.remove(e)
+		c.cfg.Logf("cache: purged %s: gone on the base", key)
+	}
+}
+
+// headCall is a HEAD in flight that later callers for the same key wait for.
+type headCall struct {
+	done chan struct{}
+	meta *Meta
+	err  error
+}
+
+// head asks the base about key once however many callers ask at the same moment.
+func (c *Cache) head(ctx context.Context, key, rawPath string) (*Meta, error) {
+	c.mu.Lock()
+	if call, ok := c.heads[key]; ok {
+		c.mu.Unlock()
+		select {
+		case <-call.done:
+		case <-ctx.Done():
+			return nil, &Error{Status: 503, Reason: "request canceled", Err: ctx.Err()}
+		}
+		if call.meta == nil {
+			return nil, call.err
+		}
+		m := *call.meta
+		return &m, nil
+	}
+	call := &headCall{done: make(chan struct{})}
+	c.heads[key] = call
+	c.mu.Unlock()
+
+	c.Stats.Heads.Add(1)
+	// The HEAD serves every waiter, so it does not die with the first caller's request.
+	call.meta, call.err = c.up.head(context.WithoutCancel(ctx), rawPath)
+	c.mu.Lock()
+	delete(c.heads, key)
+	c.mu.Unlock()
+	close(call.done)
+	if call.meta == nil {
+		return nil, call.err
+	}
+	m := *call.meta
+	return &m, nil
+}

@@ -1,0 +1,300 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// fill pulls one version of a file from the base into a .part file while readers follow
+// it. However many clients ask for a cold file, one fill (one GET) serves them all.
+type fill struct {
+	c       *Cache
+	key     string
+	rawPath string
+	want    *Meta         // what the HEAD said; the GET must agree
+	ready   chan struct{} // closed when meta and file are set, or the fill failed first
+
+	// Set before ready is closed, read-only after.
+	meta Meta
+
+	mu      sync.Mutex // protects the fields below
+	file    *sharedFile
+	written int64    // body bytes in the file so far: all a reader may send
+	done    bool     // no more bytes will come
+	err     error    // why the fill failed, if it did
+	waiters []func() // called once when written grows or the fill ends
+}
+
+// startFill joins the fill in progress for key or starts one.
+func (c *Cache) startFill(key, rawPath string, want *Meta) *fill {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f := c.fills[key]; f != nil {
+		return f
+	}
+	f := &fill{c: c, key: key, rawPath: rawPath, want: want, ready: make(chan struct{})}
+	c.fills[key] = f
+	c.Stats.Fills.Add(1)
+	go f.run()
+	return f
+}
+
+// handle waits until the fill has a file and a validated response, then opens a reader.
+func (f *fill) handle(ctx context.Context) (*Handle, error) {
+	select {
+	case <-f.ready:
+	case <-ctx.Done():
+		return nil, &Error{Status: 503, Reason: "request canceled", Err: ctx.Err()}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.file == nil {
+		return nil, f.err
+	}
+	if f.file.refs == 0 {
+		return nil, errFillGone // finished and closed between lookup and here
+	}
+	f.file.refs++
+	return &Handle{Meta: f.meta, file: f.file, release: f.releaseFile, fill: f}, nil
+}
+
+func (f *fill) releaseFile(sf *sharedFile) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	sf.refs--
+	if sf.refs == 0 {
+		sf.f.Close()
+	}
+}
+
+func (f *fill) available() (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.written, f.err
+}
+
+func (f *fill) wait(have int64, wake func()) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.written > have || f.done {
+		return false
+	}
+	f.waiters = append(f.waiters, wake)
+	return true
+}
+
+// advance records n more bytes in the file and wakes the readers waiting for them.
+func (f *fill) advance(n int64, end bool, err error) {
+	f.mu.Lock()
+	f.written += n
+	if end {
+		f.done, f.err = true, err
+	}
+	ws := f.waiters
+	f.waiters = nil
+	f.mu.Unlock()
+	for _, w := range ws {
+		w()
+	}
+}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// run is the fill: GET, check, copy into the .part file, then commit or clean up.
+func (f *fill) run() {
+	c := f.c
+	c.up.gets <- struct{}{}
+	defer func() { <-c.up.gets }()
+	// A finished fill leaves the map before it wakes its readers for the last time, so
+	// a later request finds the committed entry (or starts afresh), never a dead fill.
+	forget := func() {
+		c.mu.Lock()
+		if c.fills[f.key] == f {
+			delete(c.fills, f.key)
+		}
+		c.mu.Unlock()
+	}
+	defer forget()
+
+	var part string
+	fail := func(err error) {
+		forget()
+		c.Stats.FillErrors.Add(1)
+		c.cfg.Logf("cache: fill %s: %v", f.key, err)
+		if part != "" {
+			_ = os.Remove(part)
+		}
+		select {
+		case <-f.ready:
+		default:
+			f.mu.Lock()
+			f.err, f.done = err, true
+			f.mu.Unlock()
+			close(f.ready)
+		}
+		f.advance(0, true, err)
+	}
+
+	m, body, err := f.get()
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer body.Close()
+	m.Key, m.Stored = f.key, time.Now().UTC()
+	header, err := encodeHeader(m)
+	if err != nil {
+		fail(&Error{Status: 502, Reason: "base sent unusable headers", Err: err})
+		return
+	}
+	final := c.dataPath(f.key, time.Now().UnixNano())
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		fail(&Error{Status: 500, Reason: "cache folder not writable", Err: err})
+		return
+	}
+	part = final + ".part"
+	file, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		fail(&Error{Status: 500, Reason: "cache folder not writable", Err: err})
+		return
+	}
+	cacheable := m.Size <= c.cfg.MaxBytes
+	if !cacheable {
+		// Larger than the whole cache: stream it through an unlinked file.
+		_ = os.Remove(part)
+		part = ""
+	}
+	if _, err := file.WriteAt(header, 0); err != nil {
+		file.Close()
+		fail(&Error{Status: 500, Reason: "cache write failed", Err: err})
+		return
+	}
+	f.mu.Lock()
+	f.meta = *m
+	f.file = &sharedFile{f: file, refs: 1} // the fill's own reference
+	f.mu.Unlock()
+	close(f.ready)
+	defer f.releaseFile(f.file)
+
+	var small []byte
+	if m.Size <= c.cfg.SmallFile {
+		small = make([]byte, 0, m.Size)
+	}
+	bufp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bufp)
+	buf := *bufp
+	var written, unannounced int64
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			if written+int64(n) > m.Size {
+				fail(&Error{Status: 502, Reason: "base sent more than its Content-Length"})
+				return
+			}
+			if _, err := file.WriteAt(buf[:n], HeaderSize+written); err != nil {
+				fail(fmt.Errorf("cache: write %s: %w", part, err))
+				return
+			}
+			if small != nil {
+				small = append(small, buf[:n]...)
+			}
+			written += int64(n)
+			if written < m.Size {
+				f.advance(int64(n), false, nil)
+			} else {
+				// The last bytes are announced only once the entry is committed, so a
+				// reader that saw the whole body finds the entry on its next request.
+				unannounced = int64(n)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			fail(fmt.Errorf("cache: read %s from base: %w", f.key, rerr))
+			return
+		}
+	}
+	if written != m.Size {
+		fail(fmt.Errorf("cache: %s: base sent %d of %d bytes", f.key, written, m.Size))
+		return
+	}
+	if cacheable {
+		if err := f.commit(file, part, final, small); err != nil {
+			fail(err)
+			return
+		}
+	}
+	forget()
+	f.advance(unannounced, true, nil)
+}
+
+// get sends the GET and checks that it describes the version the HEAD did. When the base
+// changed the file in between, it asks again (a few times) rather than mix versions.
+func (f *fill) get() (*Meta, io.ReadCloser, error) {
+	ctx := context.Background()
+	for attempt := 0; ; attempt++ {
+		f.c.Stats.Gets.Add(1)
+		m, resp, err := f.c.up.get(ctx, f.rawPath)
+		if err != nil {
+			return nil, nil, err
+		}
+		if SameVersion(f.want, m) {
+			return m, resp.Body, nil
+		}
+		resp.Body.Close()
+		if attempt == 2 {
+			return nil, nil, &Error{Status: 502, Reason: "file keeps changing on the base"}
+		}
+		f.c.cfg.Logf("cache: %s changed on the base during the fill; asking again", f.key)
+		f.c.Stats.Heads.Add(1)
+		want, err := f.c.up.head(ctx, f.rawPath)
+		if err != nil {
+			return nil, nil, err
+		}
+		f.want = want
+	}
+}
+
+// errFillGone says a fill ended between finding it and opening it: look again.
+var errFillGone = errors.New("cache: fill already finished")
+
+// commit makes the .part file a complete entry: sync, rename, index.
+func (f *fill) commit(file *os.File, part, final string, small []byte) error {
+	c := f.c
+	if err := file.Sync(); err != nil {
+		return fmt.Errorf("cache: commit %s: %w", f.key, err)
+	}
+	if err := os.Rename(part, final); err != nil {
+		return fmt.Errorf("cache: commit %s: %w", f.key, err)
+	}
+	if dir, err := os.Open(filepath.Dir(final)); err == nil {
+		_ = dir.Sync()
+		dir.Close()
+	}
+	e := &entry{meta: f.meta, path: final}
+	e.checked.Store(time.Now().UnixNano())
+	c.closing.RLock()
+	defer c.closing.RUnlock()
+	if c.closed {
+		return nil // on disk and complete: the next start indexes it
+	}
+	old, _ := c.index.Get(f.key)
+	if !c.index.Set(f.key, e, f.meta.Size) {
+		c.remove(e) // dropped by the policy's buffer: not cached, readers keep their fd
+	}
+	c.index.Wait()
+	if old != nil && old != e {
+		c.remove(old)
+	}
+	if small != nil {
+		c.mem.Set(final, small, int64(len(small))+64)
+	}
+	return nil
+}

@@ -1,0 +1,210 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/modoffload/offload/proto"
+)
+
+// Error is an answer the offload server must relay instead of a body: the base refused,
+// is down, or the file is not one it may serve. Status is what the client gets.
+type Error struct {
+	Status   int
+	Reason   string
+	Location string // for redirects from the base
+	Err      error  // the underlying failure, if any
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("cache: %d %s: %v", e.Status, e.Reason, e.Err)
+	}
+	return fmt.Sprintf("cache: %d %s", e.Status, e.Reason)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// upstream talks to the base: HEAD to check, GET to fill. Each request carries the
+// bypass header so the base serves it instead of redirecting it again.
+type upstream struct {
+	base      *url.URL // scheme and host the base is known by (the Host header)
+	userAgent string
+	client    *http.Client
+	timeout   time.Duration // connect, response headers, and idle body reads
+	heads     chan struct{} // bounds HEADs in flight
+	gets      chan struct{} // bounds GETs (fills) in flight
+}
+
+func newUpstream(cfg *Config) (*upstream, error) {
+	base, err := url.Parse(cfg.Base)
+	if err != nil || base.Host == "" || (base.Scheme != "http" && base.Scheme != "https") {
+		return nil, fmt.Errorf("cache: base %q: want http://host[:port]", cfg.Base)
+	}
+	dialer := &net.Dialer{Timeout: cfg.Timeout, KeepAlive: 30 * time.Second}
+	transport := &http.Transport{
+		Proxy:                 nil,
+		ResponseHeaderTimeout: cfg.Timeout,
+		MaxIdleConnsPerHost:   cfg.Fetchers,
+		IdleConnTimeout:       90 * time.Second,
+		DisableCompression:    true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if cfg.BaseAddr != "" {
+				addr = cfg.BaseAddr
+			}
+			return dialer.DialContext(ctx, network, addr)
+		},
+	}
+	return &upstream{
+		base:      base,
+		userAgent: cfg.UserAgent,
+		client: &http.Client{
+			Transport: transport,
+			// Redirects from the base are relayed to the client, not followed.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		timeout: cfg.Timeout,
+		heads:   make(chan struct{}, cfg.Fetchers),
+		gets:    make(chan struct{}, cfg.Fetchers),
+	}, nil
+}
+
+// request builds a request for rawPath, the path exactly as the client escaped it.
+func (u *upstream) request(ctx context.Context, method, rawPath string) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, u.base.Scheme+"://"+u.base.Host+"/", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.URL.Opaque = rawPath // sent verbatim as the request-target
+	req.URL.Path, req.URL.RawPath = "", ""
+	req.Host = u.base.Host
+	req.Header.Set("User-Agent", u.userAgent)
+	req.Header.Set("X-Mod-Offload-Bypass", "true")
+	return req, nil
+}
+
+// head asks the base about rawPath. A nil error means a 200 with a length and a
+// validator; anything else is an *Error saying what to tell the client.
+func (u *upstream) head(ctx context.Context, rawPath string) (*Meta, error) {
+	u.heads <- struct{}{}
+	defer func() { <-u.heads }()
+	req, err := u.request(ctx, http.MethodHead, rawPath)
+	if err != nil {
+		return nil, &Error{Status: 400, Reason: "bad path", Err: err}
+	}
+	resp, err := u.client.Do(req)
+	if err != nil {
+		return nil, downError(err)
+	}
+	resp.Body.Close()
+	return describe(resp)
+}
+
+// get starts the body of rawPath; the caller reads and closes resp.Body. The body is
+// read with an idle timeout: a base that stops sending for the timeout fails the read.
+func (u *upstream) get(ctx context.Context, rawPath string) (*Meta, *http.Response, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	req, err := u.request(ctx, http.MethodGet, rawPath)
+	if err != nil {
+		cancel()
+		return nil, nil, &Error{Status: 400, Reason: "bad path", Err: err}
+	}
+	resp, err := u.client.Do(req)
+	if err != nil {
+		cancel()
+		return nil, nil, downError(err)
+	}
+	m, err := describe(resp)
+	if err != nil {
+		resp.Body.Close()
+		cancel()
+		return nil, nil, err
+	}
+	resp.Body = &idleReader{rc: resp.Body, cancel: cancel, timer: time.AfterFunc(u.timeout, cancel), timeout: u.timeout}
+	return m, resp, nil
+}
+
+// idleReader cancels the request when no byte arrived for timeout.
+type idleReader struct {
+	rc      io.ReadCloser
+	cancel  context.CancelFunc
+	timer   *time.Timer
+	timeout time.Duration
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	n, err := r.rc.Read(p)
+	r.timer.Reset(r.timeout)
+	return n, err
+}
+
+func (r *idleReader) Close() error {
+	r.timer.Stop()
+	err := r.rc.Close()
+	r.cancel()
+	return err
+}
+
+// downError maps a failure to reach the base to 504 (timeout) or 502.
+func downError(err error) *Error {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+		return &Error{Status: 504, Reason: "base server timed out", Err: err}
+	}
+	return &Error{Status: 502, Reason: "base server unreachable", Err: err}
+}
+
+// IsBaseDown reports whether err says the base could not be asked (stale-if-error).
+func IsBaseDown(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && (e.Status == 502 || e.Status == 504)
+}
+
+// describe turns the base's response into Meta, or the *Error the contract demands.
+func describe(resp *http.Response) (*Meta, error) {
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") != "":
+		return nil, &Error{Status: 403, Reason: "protected content: fetch it from the base server"}
+	case resp.StatusCode >= 500:
+		return nil, &Error{Status: 502, Reason: "base server answered " + strconv.Itoa(resp.StatusCode)}
+	case resp.StatusCode != http.StatusOK:
+		e := &Error{Status: resp.StatusCode, Reason: "base server answered " + strconv.Itoa(resp.StatusCode)}
+		if loc := resp.Header.Get("Location"); loc != "" && proto.ValidHeaderValue(loc) {
+			e.Location = loc
+		}
+		return nil, e
+	}
+	m := &Meta{
+		Size:         resp.ContentLength,
+		ETag:         resp.Header.Get("ETag"),
+		LastModified: resp.Header.Get("Last-Modified"),
+		ContentType:  resp.Header.Get("Content-Type"),
+	}
+	if m.ETag != "" && !proto.ValidETag(m.ETag) {
+		m.ETag = ""
+	}
+	if _, ok := proto.ParseTime([]byte(m.LastModified)); !ok {
+		m.LastModified = ""
+	}
+	if !proto.ValidHeaderValue(m.ContentType) || len(m.ContentType) > 256 {
+		m.ContentType = ""
+	}
+	if len(m.ETag) > 1024 {
+		m.ETag = ""
+	}
+	if m.Size < 0 || (m.ETag == "" && m.LastModified == "") || len(resp.TransferEncoding) > 0 {
+		return nil, &Error{Status: 403, Reason: "dynamic content: fetch it from the base server"}
+	}
+	if strings.Contains(resp.Header.Get("Content-Encoding"), "gzip") {
+		return nil, &Error{Status: 403, Reason: "encoded content: fetch it from the base server"}
+	}
+	return m, nil
+}
