@@ -1,0 +1,381 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/modoffload/offload/cache"
+	"github.com/modoffload/offload/limiter"
+	"github.com/modoffload/offload/server"
+)
+
+// serveConfig is everything `offload serve` is told, by flags or a config file.
+type serveConfig struct {
+	Base          string
+	BaseAddr      string
+	Listen        []string
+	Cache         string
+	CacheSize     int64
+	MaxDupes      int
+	MaxConnsPerIP int
+	MaxConns      int
+	TrustedProxy  []netip.Prefix
+	Revalidate    time.Duration
+	Timeout       time.Duration
+	Grace         time.Duration
+	Admin         string
+	AccessLog     string
+	User          string
+	Fetchers      int
+	Loops         int
+}
+
+// listFlag is a repeatable string flag.
+type listFlag struct {
+	vals *[]string
+	set  bool // set on the command line: replaces the default, not appends to it
+}
+
+func (l *listFlag) String() string {
+	if l.vals == nil {
+		return ""
+	}
+	return strings.Join(*l.vals, ",")
+}
+
+func (l *listFlag) Set(v string) error {
+	if !l.set {
+		*l.vals = nil
+		l.set = true
+	}
+	*l.vals = append(*l.vals, v)
+	return nil
+}
+
+// sizeFlag is a byte count: 1048576, 500M, 10GiB (K, M, G, T are powers of 1024).
+type sizeFlag struct{ v *int64 }
+
+func (s sizeFlag) String() string {
+	if s.v == nil {
+		return "0"
+	}
+	return strconv.FormatInt(*s.v, 10)
+}
+
+func (s sizeFlag) Set(v string) error {
+	n, err := parseSize(v)
+	if err != nil {
+		return err
+	}
+	*s.v = n
+	return nil
+}
+
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	num := strings.TrimRight(t, "KMGTPkmgtpiIbB")
+	unit := strings.ToUpper(strings.TrimSpace(t[len(num):]))
+	num = strings.TrimSpace(num)
+	mult := map[string]int64{"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+		"MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}[unit]
+	f, err := strconv.ParseFloat(num, 64)
+	if mult == 0 || err != nil || f < 0 || f*float64(mult) > 1<<62 {
+		return 0, fmt.Errorf("%q is not a size (examples: 1048576, 500M, 10GiB)", s)
+	}
+	return int64(f * float64(mult)), nil
+}
+
+// prefixFlag is a repeatable CIDR (or a single address).
+type prefixFlag struct {
+	vals *[]netip.Prefix
+}
+
+func (p prefixFlag) String() string { return "" }
+
+func (p prefixFlag) Set(v string) error {
+	pr, err := netip.ParsePrefix(v)
+	if err != nil {
+		a, err2 := netip.ParseAddr(v)
+		if err2 != nil {
+			return fmt.Errorf("%q is not an address or CIDR", v)
+		}
+		pr = netip.PrefixFrom(a, a.BitLen())
+	}
+	*p.vals = append(*p.vals, pr.Masked())
+	return nil
+}
+
+// parseServeConfig reads flags, then the --config file for every setting the command
+// line did not give. Errors name the setting (and the file's line).
+func parseServeConfig(args []string, stderr io.Writer) (*serveConfig, error) {
+	cfg := &serveConfig{
+		Listen:   []string{":80"},
+		Cache:    "/var/cache/offload",
+		MaxDupes: 1,
+		Timeout:  45 * time.Second,
+		Grace:    30 * time.Second,
+		Admin:    "127.0.0.1:9080",
+		Fetchers: 64,
+	}
+	fset := flag.NewFlagSet("offload serve", flag.ContinueOnError)
+	fset.SetOutput(stderr)
+	var configFile string
+	fset.StringVar(&cfg.Base, "base", "", "base server URL, http://host[:port] (required)")
+	fset.StringVar(&cfg.BaseAddr, "base-addr", "", "connect to the base at this host:port instead of resolving its name")
+	fset.Var(&listFlag{vals: &cfg.Listen}, "listen", "address to listen on, repeatable (default :80)")
+	fset.StringVar(&cfg.Cache, "cache", cfg.Cache, "cache folder")
+	fset.Var(sizeFlag{&cfg.CacheSize}, "cache-size", "cache bound in bytes, e.g. 500G (default 90% of the free space)")
+	fset.IntVar(&cfg.MaxDupes, "max-dupes", cfg.MaxDupes, "simultaneous downloads of one file per client address (0: no cap)")
+	fset.IntVar(&cfg.MaxConnsPerIP, "max-conns-per-ip", 0, "connections per client address (0: no cap)")
+	fset.IntVar(&cfg.MaxConns, "max-conns", 0, "connections in all (0: no cap)")
+	fset.Var(prefixFlag{&cfg.TrustedProxy}, "trusted-proxy", "proxy whose X-Forwarded-For is believed, CIDR, repeatable")
+	fset.DurationVar(&cfg.Revalidate, "revalidate", 0, "trust a checked cache entry this long (0: ask the base on every request)")
+	fset.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "drop a client that accepts no bytes this long; also the base's timeout")
+	fset.DurationVar(&cfg.Grace, "grace", cfg.Grace, "on SIGTERM, let downloads finish this long")
+	fset.StringVar(&cfg.Admin, "admin", cfg.Admin, "address for /metrics and /healthz (empty: none)")
+	fset.StringVar(&cfg.AccessLog, "access-log", "", "access log file in Combined Log Format, - for stdout (default: none)")
+	fset.StringVar(&cfg.User, "user", "", "when started as root: drop to this user after binding")
+	fset.IntVar(&cfg.Fetchers, "fetchers", cfg.Fetchers, "requests in flight to the base, each for HEAD and GET")
+	fset.IntVar(&cfg.Loops, "loops", 0, "event loops (0: one per core)")
+	fset.StringVar(&configFile, "config", "", "file of name = value lines with the same settings")
+	if err := fset.Parse(args); err != nil {
+		return nil, err
+	}
+	if fset.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fset.Arg(0))
+	}
+	if configFile != "" {
+		set := map[string]bool{}
+		fset.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if err := readConfigFile(configFile, fset, set); err != nil {
+			return nil, err
+		}
+	}
+	return cfg, cfg.check()
+}
+
+// readConfigFile applies `name = value` lines to the flags not set on the command line.
+func readConfigFile(path string, fset *flag.FlagSet, set map[string]bool) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for line := 1; sc.Scan(); line++ {
+		text := strings.TrimSpace(sc.Text())
+		if i := strings.Index(text, "#"); i >= 0 {
+			text = strings.TrimSpace(text[:i])
+		}
+		if text == "" {
+			continue
+		}
+		name, value, ok := strings.Cut(text, "=")
+		name, value = strings.TrimSpace(name), strings.Trim(strings.TrimSpace(value), `"`)
+		if !ok || name == "" {
+			return fmt.Errorf("config %s:%d: want name = value, got %q", path, line, text)
+		}
+		if name == "config" || fset.Lookup(name) == nil {
+			return fmt.Errorf("config %s:%d: unknown setting %q", path, line, name)
+		}
+		if set[name] {
+			continue // the command line wins
+		}
+		if err := fset.Set(name, value); err != nil {
+			return fmt.Errorf("config %s:%d: %s: %v", path, line, name, err)
+		}
+	}
+	return sc.Err()
+}
+
+func (c *serveConfig) check() error {
+	if c.Base == "" {
+		return errors.New("--base is required (the base server's URL, e.g. http://www.example.org)")
+	}
+	if !strings.HasPrefix(c.Base, "http://") && !strings.HasPrefix(c.Base, "https://") {
+		return fmt.Errorf("--base %q: want http://host[:port]", c.Base)
+	}
+	if c.BaseAddr != "" {
+		if _, _, err := net.SplitHostPort(c.BaseAddr); err != nil {
+			return fmt.Errorf("--base-addr %q: want host:port", c.BaseAddr)
+		}
+	}
+	for _, l := range c.Listen {
+		if _, _, err := net.SplitHostPort(l); err != nil {
+			return fmt.Errorf("--listen %q: want [host]:port", l)
+		}
+	}
+	switch {
+	case c.MaxDupes < 0:
+		return errors.New("--max-dupes must be 0 or more")
+	case c.MaxConns < 0 || c.MaxConnsPerIP < 0:
+		return errors.New("--max-conns and --max-conns-per-ip must be 0 or more")
+	case c.Timeout <= 0:
+		return errors.New("--timeout must be positive")
+	case c.Revalidate < 0 || c.Grace < 0:
+		return errors.New("--revalidate and --grace must not be negative")
+	case c.Fetchers <= 0:
+		return errors.New("--fetchers must be positive")
+	case c.Cache == "":
+		return errors.New("--cache must name a folder")
+	}
+	return nil
+}
+
+func runServe(args []string) int {
+	cfg, err := parseServeConfig(args, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "offload serve:", err)
+		return 2
+	}
+	logger := log.New(os.Stderr, "offload: ", log.LstdFlags)
+	if err := serve(cfg, logger, nil); err != nil {
+		logger.Print(err)
+		return 1
+	}
+	return 0
+}
+
+// serve runs the daemon until SIGTERM or SIGINT; started, if not nil, gets the server
+// once it listens (the demo uses it).
+func serve(cfg *serveConfig, logger *log.Logger, started func(*server.Server)) error {
+	c, err := cache.Open(cache.Config{
+		Dir: cfg.Cache, MaxBytes: cfg.CacheSize, Base: cfg.Base, BaseAddr: cfg.BaseAddr,
+		UserAgent: "offload/" + version, Fetchers: cfg.Fetchers, Timeout: cfg.Timeout,
+		Revalidate: cfg.Revalidate, Logf: logger.Printf,
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var alog *server.AccessLog
+	if cfg.AccessLog != "" {
+		if alog, err = server.OpenAccessLog(cfg.AccessLog); err != nil {
+			return err
+		}
+	}
+	var drop func() error
+	if cfg.User != "" {
+		if drop, err = privilegeDrop(cfg); err != nil {
+			return err
+		}
+	}
+	srv, err := server.New(server.Config{
+		Listen: cfg.Listen, Cache: c, AccessLog: alog, Timeout: cfg.Timeout, Loops: cfg.Loops, OnBoot: drop,
+		Limiter: limiter.New(limiter.Config{MaxDupes: cfg.MaxDupes, MaxConnsPerIP: cfg.MaxConnsPerIP,
+			MaxConns: cfg.MaxConns, Trusted: cfg.TrustedProxy}),
+		Logf: logger.Printf,
+	})
+	if err != nil {
+		return err
+	}
+	if cfg.Admin != "" {
+		ln, err := net.Listen("tcp", cfg.Admin)
+		if err != nil {
+			return fmt.Errorf("--admin %s: %w", cfg.Admin, err)
+		}
+		admin := &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go admin.Serve(ln)
+		defer admin.Close()
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		<-srv.Ready()
+		if a := srv.Addr(); a != nil {
+			logger.Printf("offloading %s on %s (cache %s, bound %d bytes)", cfg.Base, a, cfg.Cache, c.MaxBytes())
+		}
+		if started != nil {
+			started(srv)
+		}
+		for sig := range sigs {
+			if sig == syscall.SIGHUP {
+				if alog != nil {
+					if err := alog.Reopen(); err != nil {
+						logger.Print(err)
+					}
+				}
+				continue
+			}
+			logger.Printf("%v: draining for up to %v", sig, cfg.Grace)
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.Grace)
+			err := srv.Shutdown(ctx)
+			cancel()
+			if err != nil {
+				logger.Print(err)
+			}
+			return
+		}
+	}()
+	err = srv.Serve()
+	alog.Flush()
+	return err
+}
+
+// privilegeDrop prepares the switch to cfg.User: the cache and the log become theirs
+// now, the uid changes once the listeners are bound (ports below 1024 need root).
+func privilegeDrop(cfg *serveConfig) (func() error, error) {
+	u, err := user.Lookup(cfg.User)
+	if err != nil {
+		return nil, fmt.Errorf("--user: %w", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if os.Geteuid() != 0 {
+		if os.Geteuid() == uid {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("--user %s: only root can switch users (or run as %s, with CAP_NET_BIND_SERVICE for port 80)", cfg.User, cfg.User)
+	}
+	err = filepath.WalkDir(cfg.Cache, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, uid, gid)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("--user: chown %s: %w", cfg.Cache, err)
+	}
+	if cfg.AccessLog != "" && cfg.AccessLog != "-" {
+		_ = os.Chown(cfg.AccessLog, uid, gid)
+	}
+	return func() error {
+		if err := unix.Setgroups([]int{gid}); err != nil {
+			return fmt.Errorf("--user: setgroups: %w", err)
+		}
+		if err := unix.Setresgid(gid, gid, gid); err != nil {
+			return fmt.Errorf("--user: setgid: %w", err)
+		}
+		if err := unix.Setresuid(uid, uid, uid); err != nil {
+			return fmt.Errorf("--user: setuid: %w", err)
+		}
+		// Check it really dropped: getting root back must fail.
+		if unix.Geteuid() != uid || unix.Getuid() != uid || unix.Setuid(0) == nil {
+			return fmt.Errorf("--user: still root after dropping to %s", cfg.User)
+		}
+		return nil
+	}, nil
+}

@@ -1,0 +1,89 @@
+package server
+
+import (
+	"net/http"
+	"strconv"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/modoffload/offload/cache"
+	"github.com/modoffload/offload/limiter"
+)
+
+// metrics are the counters the admin listener exports. Counters are atomic, so the event
+// loops update them directly.
+type metrics struct {
+	registry  *prometheus.Registry
+	requests  *prometheus.CounterVec
+	byStatus  [600]atomic.Pointer[prometheus.Counter] // requests by status, resolved once
+	bytesSent prometheus.Counter
+	refusals  *prometheus.CounterVec
+	inflight  atomic.Int64 // responses being sent
+}
+
+func newMetrics(c *cache.Cache, l *limiter.Limiter) *metrics {
+	m := &metrics{registry: prometheus.NewRegistry()}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "offload_requests_total", Help: "Responses sent, by status.",
+	}, []string{"status"})
+	m.bytesSent = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "offload_sent_bytes_total", Help: "Body bytes sent to clients.",
+	})
+	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "offload_limiter_refusals_total", Help: "Requests or connections refused by a cap.",
+	}, []string{"cap"})
+	stat := func(name, help string, v *atomic.Int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(v.Load()) })
+	}
+	s := &c.Stats
+	m.registry.MustRegister(m.requests, m.bytesSent, m.refusals,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		stat("offload_cache_hits_total", "Requests served from a committed cache entry.", &s.Hits),
+		stat("offload_cache_misses_total", "Requests that needed a fill.", &s.Misses),
+		stat("offload_cache_stale_total", "Requests served stale because the base was down.", &s.Stale),
+		stat("offload_cache_fills_total", "Fills started (upstream GETs coalesced).", &s.Fills),
+		stat("offload_cache_fill_errors_total", "Fills that failed.", &s.FillErrors),
+		stat("offload_cache_evictions_total", "Entries evicted to stay under the bound.", &s.Evictions),
+		stat("offload_upstream_heads_total", "HEAD requests sent to the base.", &s.Heads),
+		stat("offload_upstream_gets_total", "GET requests sent to the base.", &s.Gets),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "offload_active_connections", Help: "Open client connections."},
+			func() float64 { return float64(l.Conns()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "offload_active_downloads", Help: "Responses being sent."},
+			func() float64 { return float64(m.inflight.Load()) }),
+	)
+	return m
+}
+
+func (m *metrics) request(status int, sent int64) {
+	if status < 100 || status >= len(m.byStatus) {
+		status = 599
+	}
+	p := m.byStatus[status].Load()
+	if p == nil {
+		c := m.requests.WithLabelValues(strconv.Itoa(status))
+		m.byStatus[status].Store(&c)
+		p = &c
+	}
+	(*p).Inc()
+	if sent > 0 {
+		m.bytesSent.Add(float64(sent))
+	}
+}
+
+// AdminHandler serves /metrics for Prometheus and /healthz.
+func (s *Server) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if s.draining.Load() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	return mux
+}

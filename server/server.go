@@ -1,0 +1,260 @@
+// Package server is the offload daemon's HTTP server: a gnet event handler that parses
+// requests with proto, asks the cache off the event loop, and sends bodies with
+// sendfile(2) from the loop, waiting for writability without holding buffers.
+//
+// The one rule of this package: a gnet.Conn is touched only on its own event loop,
+// except through the calls gnet documents as safe elsewhere — Wake, Close and Fd. Code
+// that runs in other goroutines (the cache fetch in conn.fetch, the write poller, the
+// sweeper) uses only those, and hands data to the loop through conn.pending.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"github.com/panjf2000/gnet/v2/pkg/logging"
+	"golang.org/x/sys/unix"
+
+	"github.com/modoffload/offload/cache"
+	"github.com/modoffload/offload/limiter"
+)
+
+// Config is what the server needs; Cache and Limiter are required.
+type Config struct {
+	Listen        []string      // "host:port" addresses to listen on
+	Cache         *cache.Cache  // where bodies come from
+	Limiter       *limiter.Limiter
+	AccessLog     *AccessLog    // nil: no access log
+	Timeout       time.Duration // drop a client that accepts no bytes this long; default 45 s
+	HeaderTimeout time.Duration // a request head must arrive within this; default 10 s
+	IdleTimeout   time.Duration // keep-alive connections idle this long are closed; default 60 s
+	Loops         int           // event loops; 0: one per core
+	OnBoot        func() error  // called once the listeners are bound (privilege drop)
+	Logf          func(format string, args ...any)
+}
+
+// Server is the offload server. Create it with New and run it with Serve.
+type Server struct {
+	gnet.BuiltinEventEngine
+	cfg      Config
+	eng      gnet.Engine
+	poller   *writePoller
+	metrics  *metrics
+	draining atomic.Bool
+	ready    chan struct{} // closed when the listeners are bound
+	addr     net.Addr      // the first listener's address, once bound
+	bootErr  error
+
+	mu    sync.Mutex // protects conns
+	conns map[*conn]struct{}
+}
+
+// New checks cfg and prepares a server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Cache == nil || cfg.Limiter == nil || len(cfg.Listen) == 0 {
+		return nil, errors.New("server: Cache, Limiter and Listen are required")
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 45 * time.Second
+	}
+	if cfg.HeaderTimeout <= 0 {
+		cfg.HeaderTimeout = 10 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 60 * time.Second
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	p, err := newWritePoller()
+	if err != nil {
+		return nil, err
+	}
+	return &Server{
+		cfg:     cfg,
+		poller:  p,
+		metrics: newMetrics(cfg.Cache, cfg.Limiter),
+		ready:   make(chan struct{}),
+		conns:   map[*conn]struct{}{},
+	}, nil
+}
+
+// Serve binds the listeners and serves until Shutdown; it blocks.
+func (s *Server) Serve() error {
+	addrs := make([]string, len(s.cfg.Listen))
+	for i, a := range s.cfg.Listen {
+		addrs[i] = "tcp://" + a
+	}
+	opts := []gnet.Option{
+		gnet.WithReuseAddr(true),
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithLogLevel(logging.ErrorLevel),
+	}
+	if s.cfg.Loops > 0 {
+		opts = append(opts, gnet.WithNumEventLoop(s.cfg.Loops))
+	} else {
+		opts = append(opts, gnet.WithMulticore(true))
+	}
+	go s.sweep()
+	err := gnet.Rotate(s, addrs, opts...)
+	select {
+	case <-s.ready:
+	default:
+		close(s.ready)
+	}
+	if s.bootErr != nil {
+		return s.bootErr
+	}
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	return nil
+}
+
+// Ready is closed once the listeners are bound (or binding failed).
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addr is the first listener's address, valid after Ready.
+func (s *Server) Addr() net.Addr { return s.addr }
+
+// OnBoot records the bound address and runs the configured hook (privilege drop).
+func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
+	s.eng = eng
+	if len(s.cfg.Listen) == 1 {
+		if fd, err := eng.Dup(); err == nil {
+			if sa, err := unix.Getsockname(fd); err == nil {
+				switch a := sa.(type) {
+				case *unix.SockaddrInet4:
+					s.addr = &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+				case *unix.SockaddrInet6:
+					s.addr = &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+				}
+			}
+			unix.Close(fd)
+		}
+	}
+	if s.cfg.OnBoot != nil {
+		if err := s.cfg.OnBoot(); err != nil {
+			s.bootErr = err
+			close(s.ready)
+			return gnet.Shutdown
+		}
+	}
+	close(s.ready)
+	return gnet.None
+}
+
+// Shutdown stops taking requests, lets the responses under way finish until ctx ends,
+// then closes every connection and stops the event loops.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for s.metrics.inflight.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			s.cfg.Logf("server: grace period over with %d downloads under way; closing them", s.metrics.inflight.Load())
+			return s.stop()
+		case <-t.C:
+		}
+	}
+	return s.stop()
+}
+
+func (s *Server) stop() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := s.eng.Stop(ctx)
+	s.cfg.AccessLog.Flush()
+	return err
+}
+
+// Downloads is how many responses are being sent now.
+func (s *Server) Downloads() int64 { return s.metrics.inflight.Load() }
+
+// OnOpen admits a connection or refuses it with 503.
+func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	if s.draining.Load() {
+		return nil, gnet.Close
+	}
+	var peer netip.Addr
+	if ta, ok := gc.RemoteAddr().(*net.TCPAddr); ok {
+		peer = ta.AddrPort().Addr().Unmap()
+	}
+	if r := s.cfg.Limiter.OpenConn(peer); r != limiter.Allowed {
+		reason := "too many connections"
+		if r == limiter.TooManyConnsPerIP {
+			reason = "too many connections from your address"
+		}
+		s.metrics.refusals.WithLabelValues(reason).Inc()
+		s.metrics.request(503, 0)
+		return refusal(reason), gnet.Close
+	}
+	c := newConn(s, gc, peer)
+	gc.SetContext(c)
+	s.mu.Lock()
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	return nil, gnet.None
+}
+
+// OnClose frees everything the connection held, on every way a connection can end.
+func (s *Server) OnClose(gc gnet.Conn, _ error) gnet.Action {
+	c, ok := gc.Context().(*conn)
+	if !ok {
+		return gnet.None
+	}
+	s.poller.forget(gc.Fd())
+	c.close()
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.cfg.Limiter.CloseConn(c.peer)
+	return gnet.None
+}
+
+// OnTraffic runs a connection's state machine: on new bytes, on Wake from the cache, the
+// write poller or a fill, and after a turn's sendfile budget.
+func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
+	c, ok := gc.Context().(*conn)
+	if !ok {
+		return gnet.Close
+	}
+	return c.serve()
+}
+
+// sweep closes connections whose deadline passed, and idle ones while draining.
+func (s *Server) sweep() {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	var expired []*conn
+	for range t.C {
+		now := time.Now().UnixNano()
+		draining := s.draining.Load()
+		s.mu.Lock()
+		for c := range s.conns {
+			if d := c.deadline.Load(); d != 0 && now > d || draining && c.idle.Load() {
+				expired = append(expired, c)
+			}
+		}
+		s.mu.Unlock()
+		for i, c := range expired {
+			_ = c.gc.Close()
+			expired[i] = nil
+		}
+		expired = expired[:0]
+	}
+}
+
+func refusal(reason string) []byte {
+	body := reason + "\n"
+	return fmt.Appendf(nil, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"+
+		"Content-Length: %d\r\nRetry-After: 10\r\nConnection: close\r\n\r\n%s", len(body), body)
+}
