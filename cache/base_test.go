@@ -2,10 +2,10 @@ package cache
 
 import (
 	"bytes"
-	"encoding/binary"
-	"math/rand/v2"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"

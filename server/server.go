@@ -28,8 +28,8 @@ import (
 
 // Config is what the server needs; Cache and Limiter are required.
 type Config struct {
-	Listen        []string      // "host:port" addresses to listen on
-	Cache         *cache.Cache  // where bodies come from
+	Listen        []string     // "host:port" addresses to listen on
+	Cache         *cache.Cache // where bodies come from
 	Limiter       *limiter.Limiter
 	AccessLog     *AccessLog    // nil: no access log
 	Timeout       time.Duration // drop a client that accepts no bytes this long; default 45 s
