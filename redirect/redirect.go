@@ -251,4 +251,3 @@ func clientAddr(r *http.Request) netip.Addr {
 	}
 	return ap.Addr().Unmap()
 }
-

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
-	"github.com/panjf2000/gnet/v2/pkg/logging"
 	"golang.org/x/sys/unix"
 
 	"github.com/modoffload/offload/cache"
@@ -95,7 +94,7 @@ func (s *Server) Serve() error {
 	opts := []gnet.Option{
 		gnet.WithReuseAddr(true),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-		gnet.WithLogLevel(logging.ErrorLevel),
+		gnet.WithLogger(gnetLogger{s.cfg.Logf}),
 	}
 	if s.cfg.Loops > 0 {
 		opts = append(opts, gnet.WithNumEventLoop(s.cfg.Loops))
@@ -258,3 +257,12 @@ func refusal(reason string) []byte {
 	return fmt.Appendf(nil, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"+
 		"Content-Length: %d\r\nRetry-After: 10\r\nConnection: close\r\n\r\n%s", len(body), body)
 }
+
+// gnetLogger passes gnet's warnings and errors to Logf and drops its chatter.
+type gnetLogger struct{ logf func(string, ...any) }
+
+func (gnetLogger) Debugf(string, ...any)          {}
+func (gnetLogger) Infof(string, ...any)           {}
+func (l gnetLogger) Warnf(f string, args ...any)  { l.logf("gnet: "+f, args...) }
+func (l gnetLogger) Errorf(f string, args ...any) { l.logf("gnet: "+f, args...) }
+func (l gnetLogger) Fatalf(f string, args ...any) { l.logf("gnet: "+f, args...) }
