@@ -218,7 +218,10 @@ func TestDaemonServesLogsAndDrains(t *testing.T) {
 	d.cmd.Process.Signal(syscall.SIGHUP)
 	time.Sleep(200 * time.Millisecond)
 	sha(t, d.url+"/f.bin")
-	waitFor(t, func() bool { b, _ := os.ReadFile(logPath); return strings.Contains(string(b), `"GET /f.bin HTTP/1.1" 200 6291456`) })
+	waitFor(t, func() bool {
+		b, _ := os.ReadFile(logPath)
+		return strings.Contains(string(b), `"GET /f.bin HTTP/1.1" 200 6291456`)
+	})
 	if old, _ := os.ReadFile(logPath + ".1"); !strings.Contains(string(old), "GET /f.bin") {
 		t.Errorf("rotated log lost its line: %q", old)
 	}
@@ -358,5 +361,15 @@ func TestDemoRuns(t *testing.T) {
 				t.Errorf("demo left %s behind", dir)
 			}
 		}
+	}
+}
+
+func TestSampleConfigParses(t *testing.T) {
+	cfg, err := parseServeConfig([]string{"--config", "scripts/offload.conf"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Base != "http://www.example.org" || cfg.Listen[0] != ":80" || cfg.MaxDupes != 1 {
+		t.Fatalf("sample config read as %+v", cfg)
 	}
 }
