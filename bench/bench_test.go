@@ -1,0 +1,58 @@
+package bench
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRunAgainstNetHTTP(t *testing.T) {
+	body := strings.Repeat("x", 100<<10)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/f", func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "f", time.Unix(1e9, 0), strings.NewReader(body))
+	})
+	mux.HandleFunc("/redirect", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/f", 307) })
+	mux.HandleFunc("/missing", http.NotFound)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	res, err := Run(context.Background(), Config{URLs: []string{srv.URL + "/f", srv.URL + "/redirect"}, Conns: 8, Requests: 200, KeepAlive: true, Verify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each redirect is one response more: 200 requests, about half of them redirected.
+	if res.Errors != 0 || res.Statuses[200] != 200 || res.Statuses[307] == 0 {
+		t.Fatalf("result %+v", res)
+	}
+	if res.Bytes < 200*int64(len(body)) || len(res.SHA256) != 1 {
+		t.Fatalf("read %d bytes, sums %v", res.Bytes, res.SHA256)
+	}
+	if res.FirstByte.P50 <= 0 || res.LastByte.Max < res.LastByte.P50 {
+		t.Fatalf("latencies %+v %+v", res.FirstByte, res.LastByte)
+	}
+
+	res, err = Run(context.Background(), Config{URLs: []string{srv.URL + "/missing"}, Conns: 2, Requests: 10})
+	if err != nil || res.Errors != 10 || res.Statuses[404] != 10 {
+		t.Fatalf("404s: %v %+v", err, res)
+	}
+}
+
+func TestRateLimitedReaders(t *testing.T) {
+	body := strings.Repeat("y", 1<<20)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(body))
+	}))
+	defer srv.Close()
+	res, err := Run(context.Background(), Config{URLs: []string{srv.URL}, Conns: 5, Duration: time.Second, Rate: 50 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 5 readers at 50 KiB/s for a second: far less than the 5 MiB a fast read would take.
+	if res.Unfinished != 5 || res.Bytes > 5*120<<10 || res.PeakConns != 5 {
+		t.Fatalf("rate not held: %+v", res)
+	}
+}
