@@ -115,8 +115,10 @@ func Open(cfg Config) (*Cache, error) {
 		}
 	}
 	c := &Cache{cfg: cfg, host: up.base.Host, up: up, fills: map[string]*fill{}, heads: map[string]*headCall{}}
-	counters := cfg.MaxBytes / (32 << 10) * 10
-	counters = min(max(counters, 10_000), 10_000_000)
+	// Ten counters per entry the cache could hold at 1 MiB an entry; each costs about
+	// 3 bytes of memory, so the cap keeps an idle daemon small on a huge disk.
+	counters := cfg.MaxBytes / (1 << 20) * 10
+	counters = min(max(counters, 10_000), 1_000_000)
 	c.index, err = ristretto.NewCache(&ristretto.Config[string, *entry]{
 		NumCounters:        counters,
 		MaxCost:            cfg.MaxBytes,

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/panjf2000/gnet/v2"
 	"github.com/valyala/bytebufferpool"
@@ -25,7 +26,12 @@ const (
 
 // maxPerTurn bounds the bytes one connection sends per event-loop turn, so one fast
 // client cannot starve the others on its loop.
-const maxPerTurn = 4 << 20
+const maxPerTurn = 1 << 20
+
+// maxPerCall bounds one sendfile call. Measured on loopback against nginx (one client,
+// 1 GiB, curl): 64 KiB calls 0.74x nginx's throughput, 128-256 KiB 1.0-1.1x, 512 KiB
+// 0.9x, 4 MiB 0.8x: smaller calls let the receiver start on the first bytes sooner.
+const maxPerCall = 256 << 10
 
 // maxPipelined bounds the bytes a client may send ahead while a response is under way.
 const maxPipelined = 64 << 10
@@ -52,10 +58,12 @@ type conn struct {
 	head      bool // HEAD request: no body
 	reading   bool // part of a request head has arrived
 
-	deadline atomic.Int64           // 8 B: UnixNano after which the sweeper closes us; 0: none
-	idle     atomic.Bool            // between requests: closed at once when draining
-	closed   atomic.Bool            // OnClose ran
-	pending  atomic.Pointer[result] // 8 B: the cache's answer, while phaseWait
+	deadline atomic.Int64 // 8 B: UnixNano after which the sweeper closes us; 0: none
+	idle     atomic.Bool  // between requests: closed at once when draining
+	closed   atomic.Bool  // OnClose ran
+	// wakeQueued is set while a fill's wake-up of this connection is queued.
+	wakeQueued atomic.Bool
+	pending    atomic.Pointer[result] // 8 B: the cache's answer, while phaseWait
 
 	req    proto.Request              // ~330 B
 	held   *bytebufferpool.ByteBuffer // 8 B: copy of the head while phaseWait
@@ -76,7 +84,12 @@ type conn struct {
 
 func newConn(s *Server, gc gnet.Conn, peer netip.Addr) *conn {
 	c := &conn{srv: s, gc: gc, peer: peer, client: peer, fd: -1}
-	c.wake = func() { _ = gc.Wake(nil) }
+	c.wake = func() {
+		// A fill calls this for every chunk that lands: one wake-up queued is enough.
+		if c.wakeQueued.CompareAndSwap(false, true) {
+			_ = gc.Wake(nil)
+		}
+	}
 	c.setDeadline(s.cfg.HeaderTimeout)
 	c.idle.Store(true)
 	return c
@@ -92,6 +105,7 @@ func (c *conn) setDeadline(d time.Duration) {
 
 // serve advances the state machine as far as it can without blocking.
 func (c *conn) serve() gnet.Action {
+	c.wakeQueued.Store(false)
 	if r := c.pending.Swap(nil); r != nil {
 		c.resume(r)
 		if c.phase == phaseRead && (!c.keepAlive || c.srv.draining.Load()) {
@@ -223,7 +237,21 @@ func (c *conn) fetch(ctx context.Context, path, rawPath string) {
 		}
 		return
 	}
-	_ = c.gc.Wake(nil)
+	// AsyncWrite of nothing, for its callback: gnet runs high-priority tasks before the
+	// wake-ups of connections busy streaming, so the response head goes out at once
+	// instead of waiting for every other connection's turn on the loop.
+	_ = c.gc.AsyncWrite(nil, c.onResult)
+}
+
+// onResult runs on the loop when the cache's answer is in.
+func (c *conn) onResult(gc gnet.Conn, err error) error {
+	if err != nil || c.closed.Load() {
+		return nil // closed meanwhile; OnClose freed the result
+	}
+	if c.serve() == gnet.Close {
+		_ = gc.Close()
+	}
+	return nil
 }
 
 // resume takes the cache's answer on the loop.
@@ -387,9 +415,9 @@ func (c *conn) send() sendResult {
 			}
 			continue
 		}
-		n := min(min(c.end, avail)-c.off, budget)
+		n := min(min(c.end, avail)-c.off, budget, maxPerCall)
 		off := cache.HeaderSize + c.off
-		w, err := unix.Sendfile(c.gc.Fd(), c.fd, &off, int(n))
+		w, err := sendfile(c.gc.Fd(), c.fd, &off, int(n))
 		if w > 0 {
 			c.off += int64(w)
 			c.sent += int64(w)
@@ -538,4 +566,16 @@ func (c *conn) writeHead(hd *proto.Head, body string) {
 	bytebufferpool.Put(buf)
 	c.status = hd.Status
 	c.finish()
+}
+
+// sendfile is sendfile(2) as a raw system call. The socket is non-blocking and the file
+// is in the page cache, so the call never sleeps; unix.Sendfile's Syscall would tell the
+// runtime it might, and for every large copy the runtime would hand the loop's P to
+// another thread and spin up idle threads, which cost more CPU than the copy saves.
+func sendfile(out, in int, off *int64, n int) (int, error) {
+	w, _, errno := unix.RawSyscall6(unix.SYS_SENDFILE, uintptr(out), uintptr(in), uintptr(unsafe.Pointer(off)), uintptr(n), 0, 0)
+	if errno != 0 {
+		return int(w), errno
+	}
+	return int(w), nil
 }

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# scripts/bench.sh — the side-by-side benchmark: offload against nginx (sendfile on), on
+# 127.0.0.1, in one run, alternating the targets. Installs nginx, wrk and curl when they
+# are missing (as root, via apt-get), makes the data set, runs the four measurements of
+# issue #5 and writes bench-results.md (also printed). Takes a few minutes.
+#   scripts/bench.sh [OUTPUT.md]
+# Environment: ROUNDS (default 3), SLOW_CONNS (10000), SLOW_SECS (20), SLOW_RATE (4K).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-bench-results.md}
+ROUNDS=${ROUNDS:-3}
+SLOW_CONNS=${SLOW_CONNS:-10000}
+SLOW_SECS=${SLOW_SECS:-20}
+SLOW_RATE=${SLOW_RATE:-4K}
+
+need=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "bench.sh: install ${need[*]} (or run as root)" >&2; exit 1; }
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+work=$(mktemp -d /tmp/offload-bench-XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+echo "bench: building offload and the data set in $work"
+go build -o "$work/offload" .
+mkdir -p "$work/www" "$work/cache"
+chmod 755 "$work" "$work/www"  # nginx workers run as nobody when started as root
+head -c 1024 /dev/urandom > "$work/www/1k.bin"
+head -c $((100 << 10)) /dev/urandom > "$work/www/100k.bin"
+head -c $((10 << 20)) /dev/urandom > "$work/www/10m.bin"
+head -c $((1 << 30)) /dev/urandom > "$work/www/1g.bin"
+head -c $((100 << 20)) /dev/urandom > "$work/www/cold100m.bin"
+chmod 644 "$work"/www/*
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BASE_PORT=$(free_port); NGINX_PORT=$(free_port); OFF_PORT=$(free_port); ADMIN_PORT=$(free_port)
+
+# nginx: one worker, sendfile on. One instance is the base, another the peer under test.
+nginx_conf() { # name port
+  mkdir -p "$work/$1"
+  cat > "$work/$1/nginx.conf" <<CONF
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $work/$1/nginx.pid;
+error_log $work/$1/error.log;
+events { worker_connections 20000; }
+http {
+  access_log $work/$1/access.log;
+  client_body_temp_path $work/$1/body; proxy_temp_path $work/$1/proxy;
+  fastcgi_temp_path $work/$1/fcgi; uwsgi_temp_path $work/$1/uwsgi; scgi_temp_path $work/$1/scgi;
+  sendfile on; tcp_nopush on; keepalive_requests 1000000; keepalive_timeout 60s;
+  default_type application/octet-stream;
+  server { listen 127.0.0.1:$2; root $work/www; }
+}
+CONF
+  "$NGINX" -c "$work/$1/nginx.conf" -e "$work/$1/error.log" &
+  pids+=($!)
+}
+nginx_conf base "$BASE_PORT"
+nginx_conf peer "$NGINX_PORT"
+start_offload() {
+  "$work/offload" serve --base "http://127.0.0.1:$BASE_PORT" --listen "127.0.0.1:$OFF_PORT" --admin "127.0.0.1:$ADMIN_PORT" \
+    --cache "$work/cache" --max-dupes 0 --revalidate 1h --loops 1 2>> "$work/offload.log" &
+  OFF_PID=$!
+  pids+=($OFF_PID)
+  sleep 1
+}
+start_offload
+OFF="http://127.0.0.1:$OFF_PORT"; NGX="http://127.0.0.1:$NGINX_PORT"
+
+echo "bench: warming the offload cache"
+for f in 1k.bin 100k.bin 10m.bin 1g.bin; do curl -sf -o /dev/null "$OFF/$f"; curl -sf -o /dev/null "$NGX/$f"; done
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+echo "bench: 1. one client, cached 1 GiB file ($ROUNDS rounds each, alternating)"
+: > "$work/t_off"; : > "$work/t_ngx"
+for _ in $(seq "$ROUNDS"); do
+  curl -s -o /dev/null -w '%{speed_download}\n' "$OFF/1g.bin" >> "$work/t_off"
+  curl -s -o /dev/null -w '%{speed_download}\n' "$NGX/1g.bin" >> "$work/t_ngx"
+done
+T_OFF=$(median < "$work/t_off"); T_NGX=$(median < "$work/t_ngx")
+
+echo "bench: 2. 1 KiB file, keep-alive, 256 connections (wrk, $ROUNDS rounds each)"
+: > "$work/r_off"; : > "$work/r_ngx"
+for _ in $(seq "$ROUNDS"); do
+  wrk -t1 -c256 -d5s "$OFF/1k.bin" | awk '/Requests\/sec/ {print $2}' >> "$work/r_off"
+  wrk -t1 -c256 -d5s "$NGX/1k.bin" | awk '/Requests\/sec/ {print $2}' >> "$work/r_ngx"
+done
+R_OFF=$(median < "$work/r_off"); R_NGX=$(median < "$work/r_ngx")
+
+echo "bench: 3. $SLOW_CONNS slow downloads of the 10 MiB file at $SLOW_RATE/s each, ${SLOW_SECS}s"
+# Fresh processes, so the RSS measured is what the downloads cost, not what earlier
+# tests left in the allocator. offload finds its cache on disk again when it starts.
+kill "$OFF_PID"; wait "$OFF_PID" 2>/dev/null || true
+start_offload
+curl -sf -o /dev/null -r 0-0 "$OFF/10m.bin"
+kill -QUIT "$(cat "$work/peer/nginx.pid")"; sleep 1
+nginx_conf peer "$NGINX_PORT"; sleep 1
+NGINX_WORKER=$(pgrep -P "$(cat "$work/peer/nginx.pid")" | head -1)
+curl -sf -o /dev/null -r 0-0 "$NGX/10m.bin"
+"$work/offload" bench -c "$SLOW_CONNS" -d "${SLOW_SECS}s" --rate "$SLOW_RATE" --pid "$OFF_PID" --json "$OFF/10m.bin" > "$work/slow_off.json" || true
+"$work/offload" bench -c "$SLOW_CONNS" -d "${SLOW_SECS}s" --rate "$SLOW_RATE" --pid "$NGINX_WORKER" --json "$NGX/10m.bin" > "$work/slow_ngx.json" || true
+jget() { python3 -c "import json,sys; d=json.load(open('$1')); print(d$2)"; }
+S_OFF=$(jget "$work/slow_off.json" "['target_rss_per_connection_bytes']"); S_NGX=$(jget "$work/slow_ngx.json" "['target_rss_per_connection_bytes']")
+P_OFF=$(jget "$work/slow_off.json" "['peak_open_connections']"); P_NGX=$(jget "$work/slow_ngx.json" "['peak_open_connections']")
+PR_OFF=$(jget "$work/slow_off.json" "['target_peak_rss_bytes']"); PR_NGX=$(jget "$work/slow_ngx.json" "['target_peak_rss_bytes']")
+CPU_B=$(jget "$work/slow_off.json" "['client_cpu_percent']")
+
+echo "bench: 4. 100 simultaneous cold requests for a 100 MiB file"
+grep -c 'cold100m' "$work/base/access.log" > /dev/null 2>&1 || true
+"$work/offload" bench -c 100 -n 100 --verify --json "$OFF/cold100m.bin" > "$work/cold.json" || true
+sleep 1
+GETS=$(grep -c '"GET /cold100m.bin' "$work/base/access.log" || true)
+HEADS=$(grep -c '"HEAD /cold100m.bin' "$work/base/access.log" || true)
+C_OK=$(jget "$work/cold.json" "['statuses'].get('200', 0)")
+C_TTFB50=$(jget "$work/cold.json" "['first_byte_ms']['P50']"); C_TTFB99=$(jget "$work/cold.json" "['first_byte_ms']['P99']")
+C_TTLB50=$(jget "$work/cold.json" "['last_byte_ms']['P50']"); C_TTLB99=$(jget "$work/cold.json" "['last_byte_ms']['P99']")
+
+{
+  echo "# offload benchmark results"
+  echo
+  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(free -g | awk '/Mem:/ {print $2}') GiB,"
+  echo "Linux $(uname -r); offload $("$work/offload" version | awk '{print $2}'), $("$NGINX" -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(go version | awk '{print $3}')."
+  echo "Both servers on 127.0.0.1 with one worker (nginx worker_processes 1, sendfile on; offload --loops 1), same files, alternating, medians of $ROUNDS rounds."
+  echo
+  echo "| measurement | offload | nginx | offload / nginx |"
+  echo "| --- | --- | --- | --- |"
+  echo "| 1. one client, cached 1 GiB file (curl), MiB/s | $(awk -v v="$T_OFF" 'BEGIN{printf "%.0f", v/1048576}') | $(awk -v v="$T_NGX" 'BEGIN{printf "%.0f", v/1048576}') | $(ratio "$T_OFF" "$T_NGX") |"
+  echo "| 2. 1 KiB cached file, keep-alive, 256 conns (wrk -t1), req/s | $(printf '%.0f' "$R_OFF") | $(printf '%.0f' "$R_NGX") | $(ratio "$R_OFF" "$R_NGX") |"
+  echo "| 3. RSS per download, $SLOW_CONNS slow downloads of 10 MiB at $SLOW_RATE/s (peak open) | $(awk -v v="$S_OFF" 'BEGIN{printf "%.2f KiB", v/1024}') ($P_OFF) | $(awk -v v="$S_NGX" 'BEGIN{printf "%.2f KiB", v/1024}') ($P_NGX) | $(ratio "$S_OFF" "$S_NGX") |"
+  echo "| 3. peak RSS of the server process | $(awk -v v="$PR_OFF" 'BEGIN{printf "%.1f MiB", v/1048576}') | $(awk -v v="$PR_NGX" 'BEGIN{printf "%.1f MiB", v/1048576}') | |"
+  echo
+  echo "4. 100 simultaneous cold requests for a 100 MiB file through offload: $C_OK of 100 got 200 with identical bytes;"
+  echo "the base saw $GETS GET and $HEADS HEAD for it; first byte p50 ${C_TTFB50} ms, p99 ${C_TTFB99} ms; last byte p50 ${C_TTLB50} ms, p99 ${C_TTLB99} ms."
+  echo
+  echo "offload bench's own CPU during 3.: ${CPU_B}% of one core. Reproduce: \`scripts/bench.sh\`."
+} > "$out"
+cat "$out"
