@@ -248,6 +248,14 @@ func (c *conn) onResult(gc gnet.Conn, err error) error {
 	if err != nil || c.closed.Load() {
 		return nil // closed meanwhile; OnClose freed the result
 	}
+	if r := c.pending.Swap(nil); r != nil {
+		c.resume(r) // writes the head
+		if c.phase == phaseSend {
+			// The body waits for a normal turn, so that every head ready now goes first.
+			_ = gc.Wake(nil)
+			return nil
+		}
+	}
 	if c.serve() == gnet.Close {
 		_ = gc.Close()
 	}
