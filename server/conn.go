@@ -250,6 +250,10 @@ func (c *conn) onResult(gc gnet.Conn, err error) error {
 	}
 	if r := c.pending.Swap(nil); r != nil {
 		c.resume(r) // writes the head
+		if c.phase == phaseRead && (!c.keepAlive || c.srv.draining.Load()) {
+			_ = gc.Close()
+			return nil
+		}
 		if c.phase == phaseSend {
 			// The body waits for a normal turn, so that every head ready now goes first.
 			_ = gc.Wake(nil)
