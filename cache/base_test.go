@@ -18,7 +18,7 @@ import (
 // testBase is a real base server on 127.0.0.1 serving generated files from memory. It
 // counts HEADs and GETs per path and can change, delete, delay or cut a file.
 type testBase struct {
-	t   *testing.T
+	t   testing.TB
 	srv *http.Server
 	ln  net.Listener
 	URL string
@@ -36,7 +36,7 @@ type testBase struct {
 	totalG atomic.Int64
 }
 
-func newTestBase(t *testing.T) *testBase {
+func newTestBase(t testing.TB) *testBase {
 	t.Helper()
 	b := &testBase{t: t, files: map[string][]byte{}, mtime: map[string]time.Time{}, heads: map[string]int{},
 		gets: map[string]int{}, cut: map[string]int{}, status: map[string]int{}, gate: map[string]chan struct{}{}}
