@@ -24,6 +24,7 @@ func BenchmarkLookupHit(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			waitComplete(b, h)
 			h.Release()
 			b.ReportAllocs()
 			for b.Loop() {
@@ -43,32 +44,39 @@ const fillSize = 64 << 20
 // each time); compare with BenchmarkIOCopy, the same bytes with a plain io.Copy.
 func BenchmarkFill(b *testing.B) {
 	base := newTestBase(b)
-	base.put("/big", content("big", fillSize, 1))
+	data := content("big", fillSize, 1)
+	c, err := Open(Config{Dir: b.TempDir(), MaxBytes: 1 << 40, Base: base.URL})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
 	b.SetBytes(fillSize)
 	for i := 0; b.Loop(); i++ {
-		c, err := Open(Config{Dir: b.TempDir(), MaxBytes: 1 << 30, Base: base.URL})
+		path := "/big-" + strconv.Itoa(i)
+		base.put(path, data)
+		h, err := c.Get(context.Background(), path, path)
 		if err != nil {
 			b.Fatal(err)
 		}
-		h, err := c.Get(context.Background(), "/big", "/big")
-		if err != nil {
-			b.Fatal(err)
-		}
-		for {
-			n, err := h.Available()
-			if err != nil {
-				b.Fatal(err)
-			}
-			if n == fillSize {
-				break
-			}
-			done := make(chan struct{})
-			if h.Wait(n, func() { close(done) }) {
-				<-done
-			}
-		}
+		waitComplete(b, h)
 		h.Release()
-		c.Close()
+	}
+}
+
+// waitComplete waits, as a reader does, until the whole body has landed.
+func waitComplete(b *testing.B, h *Handle) {
+	for {
+		n, err := h.Available()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n == h.Meta.Size {
+			return
+		}
+		done := make(chan struct{})
+		if h.Wait(n, func() { close(done) }) {
+			<-done
+		}
 	}
 }
 
