@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -56,6 +57,7 @@ type conn struct {
 	phase     uint8
 	keepAlive bool
 	head      bool // HEAD request: no body
+	copyMode  bool // send with pread and Write: sendfile is off or failed here
 	reading   bool // part of a request head has arrived
 
 	deadline atomic.Int64 // 8 B: UnixNano after which the sweeper closes us; 0: none
@@ -83,7 +85,7 @@ type conn struct {
 }
 
 func newConn(s *Server, gc gnet.Conn, peer netip.Addr) *conn {
-	c := &conn{srv: s, gc: gc, peer: peer, client: peer, fd: -1}
+	c := &conn{srv: s, gc: gc, peer: peer, client: peer, fd: -1, copyMode: s.cfg.NoSendfile}
 	c.wake = func() {
 		// A fill calls this for every chunk that lands: one wake-up queued is enough.
 		if c.wakeQueued.CompareAndSwap(false, true) {
@@ -400,7 +402,7 @@ const (
 func (c *conn) send() sendResult {
 	budget := int64(maxPerTurn)
 	for {
-		if c.gc.OutboundBuffered() > 0 {
+		if !c.copyMode && c.gc.OutboundBuffered() > 0 {
 			// The head (or a part head) is queued in gnet: it must go out first.
 			_ = c.gc.Flush()
 			if c.gc.OutboundBuffered() > 0 {
@@ -408,6 +410,13 @@ func (c *conn) send() sendResult {
 			}
 		}
 		if c.off >= c.end {
+			if c.copyMode && c.gc.OutboundBuffered() > 0 {
+				// Done only once gnet has passed on every byte queued.
+				_ = c.gc.Flush()
+				if c.gc.OutboundBuffered() > 0 {
+					return c.waitWritable()
+				}
+			}
 			if c.ranges == nil || c.part > len(c.ranges) {
 				return sendDone
 			}
@@ -429,7 +438,16 @@ func (c *conn) send() sendResult {
 		}
 		n := min(min(c.end, avail)-c.off, budget, maxPerCall)
 		off := cache.HeaderSize + c.off
-		w, err := sendfile(c.gc.Fd(), c.fd, &off, int(n))
+		var w int
+		if c.copyMode {
+			w, err = c.copyOut(off, int(n))
+		} else {
+			w, err = sendfile(c.gc.Fd(), c.fd, &off, int(n))
+			if (err == unix.EINVAL || err == unix.ENOSYS || err == unix.EOPNOTSUPP) && w <= 0 {
+				c.copyMode = true // a file system without sendfile: copy instead
+				continue
+			}
+		}
 		if w > 0 {
 			c.off += int64(w)
 			c.sent += int64(w)
@@ -470,6 +488,34 @@ func (c *conn) nextPart() {
 	c.part++
 	c.sent += int64(len(buf.B))
 	_, _ = c.gc.Write(buf.B)
+}
+
+// copyBufs are the fallback path's buffers, used only where sendfile cannot serve.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyChunk); return &b }}
+
+const (
+	copyChunk    = 64 << 10 // one pread and Write
+	copyLowWater = 64 << 10 // stop copying while gnet holds this much unsent
+)
+
+// copyOut is the fallback for sendfile: pread into a pooled buffer and Write it, which
+// gnet queues when the socket is full; past the low-water mark it waits instead, so a
+// connection never holds more than about two chunks.
+func (c *conn) copyOut(off int64, n int) (int, error) {
+	if c.gc.OutboundBuffered() >= copyLowWater {
+		_ = c.gc.Flush()
+		if c.gc.OutboundBuffered() >= copyLowWater {
+			return 0, unix.EAGAIN
+		}
+	}
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	r, err := unix.Pread(c.fd, (*bp)[:min(n, copyChunk)], off)
+	if r <= 0 {
+		return 0, err
+	}
+	_, err = c.gc.Write((*bp)[:r])
+	return r, err
 }
 
 func (c *conn) waitWritable() sendResult {

@@ -35,6 +35,7 @@ type Config struct {
 	HeaderTimeout time.Duration // a request head must arrive within this; default 10 s
 	IdleTimeout   time.Duration // keep-alive connections idle this long are closed; default 60 s
 	Loops         int           // event loops; 0: one per core
+	NoSendfile    bool          // copy bodies with pread and Write instead of sendfile(2)
 	OnBoot        func() error  // called once the listeners are bound (privilege drop)
 	Logf          func(format string, args ...any)
 }
