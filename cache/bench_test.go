@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -94,5 +96,39 @@ func BenchmarkIOCopy(b *testing.B) {
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
+	}
+}
+
+// BenchmarkScan100k measures the start-up scan of a cache folder of 100,000 entries.
+func BenchmarkScan100k(b *testing.B) {
+	const n = 100_000
+	dir := b.TempDir()
+	host := "base.example"
+	for i := range n {
+		key := host + "/f/" + strconv.Itoa(i)
+		m := &Meta{Key: key, Size: 100, ETag: `"x"`, Stored: time.Unix(1e9, 0)}
+		hdr, err := encodeHeader(m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := &Cache{cfg: Config{Dir: dir}}
+		p := c.dataPath(key, 1)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, append(hdr, make([]byte, 100)...), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		c, err := Open(Config{Dir: dir, MaxBytes: 1 << 30, Base: "http://" + host})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if _, ok := c.index.Get(host + "/f/77"); !ok {
+			b.Fatal("entry not indexed")
+		}
+		c.Close()
+		b.StartTimer()
 	}
 }
