@@ -318,13 +318,27 @@ func (c *Cache) Lookup(path string) *Handle {
 	return h
 }
 
+// Stat is Get for a HEAD request: the metadata of the current version, from the cache
+// when it is current, else from the base's HEAD, without filling anything. The handle
+// has no body.
+func (c *Cache) Stat(ctx context.Context, path, rawPath string) (*Handle, error) {
+	return c.get(ctx, path, rawPath, true)
+}
+
 // Get returns a handle for path after asking the base whether the cached version is
 // current, starting a fill when it is not. rawPath is the path as the client escaped
 // it, which is what the base is asked for. Errors are *Error values to relay.
 func (c *Cache) Get(ctx context.Context, path, rawPath string) (*Handle, error) {
+	return c.get(ctx, path, rawPath, false)
+}
+
+func (c *Cache) get(ctx context.Context, path, rawPath string, metaOnly bool) (*Handle, error) {
 	key := c.key(path)
 	e, _ := c.index.Get(key)
 	if e != nil && c.cfg.Revalidate > 0 && time.Now().UnixNano()-e.checked.Load() <= int64(c.cfg.Revalidate) {
+		if metaOnly {
+			return &Handle{Meta: e.meta, Hit: true}, nil
+		}
 		return c.hit(e, false)
 	}
 	m, err := c.head(ctx, key, rawPath)
@@ -334,6 +348,9 @@ func (c *Cache) Get(ctx context.Context, path, rawPath string) (*Handle, error) 
 		case IsBaseDown(err) && e != nil:
 			c.cfg.Logf("cache: base down for %s, serving the cached copy: %v", key, err)
 			c.Stats.Stale.Add(1)
+			if metaOnly {
+				return &Handle{Meta: e.meta, Stale: true, Hit: true}, nil
+			}
 			return c.hit(e, true)
 		case errors.As(err, &ue) && (ue.Status == 404 || ue.Status == 410):
 			c.purge(key)
@@ -343,7 +360,13 @@ func (c *Cache) Get(ctx context.Context, path, rawPath string) (*Handle, error) 
 	m.Key = key
 	if e != nil && SameVersion(&e.meta, m) {
 		e.checked.Store(time.Now().UnixNano())
+		if metaOnly {
+			return &Handle{Meta: e.meta, Hit: true}, nil
+		}
 		return c.hit(e, false)
+	}
+	if metaOnly {
+		return &Handle{Meta: *m}, nil
 	}
 	c.Stats.Misses.Add(1)
 	h, err := c.startFill(key, rawPath, m).handle(ctx)

@@ -225,12 +225,16 @@ func (c *conn) begin(raw []byte) {
 	c.setDeadline(0) // the cache's own timeouts bound the wait
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
-	go c.fetch(ctx, string(r.Path), string(r.RawPath))
+	go c.fetch(ctx, string(r.Path), string(r.RawPath), c.head)
 }
 
 // fetch runs in its own goroutine: it may block on the base, the loop must not.
-func (c *conn) fetch(ctx context.Context, path, rawPath string) {
-	h, err := c.srv.cfg.Cache.Get(ctx, path, rawPath)
+func (c *conn) fetch(ctx context.Context, path, rawPath string, head bool) {
+	get := c.srv.cfg.Cache.Get
+	if head {
+		get = c.srv.cfg.Cache.Stat // a HEAD needs the metadata, not a fill
+	}
+	h, err := get(ctx, path, rawPath)
 	c.pending.Store(&result{h: h, err: err})
 	if c.closed.Load() {
 		// OnClose may have run before the Store: whoever swaps the result out frees it.

@@ -163,6 +163,19 @@ func TestColdAndWarmDownloads(t *testing.T) {
 	}
 }
 
+func TestHeadDoesNotFill(t *testing.T) {
+	b := newBase(t)
+	b.write(t, "/h.bin", randomBytes(1<<20))
+	s := start(t, b, nil)
+	resp, err := http.Head(s.url + "/h.bin")
+	if err != nil || resp.StatusCode != 200 || resp.ContentLength != 1<<20 || resp.Header.Get("ETag") == "" {
+		t.Fatalf("HEAD of a cold file: %v %+v", err, resp)
+	}
+	if b.gets.Load() != 0 || b.heads.Load() != 1 {
+		t.Errorf("HEAD of a cold file sent %d GETs and %d HEADs to the base, want 0 and 1", b.gets.Load(), b.heads.Load())
+	}
+}
+
 func TestCurlResumeAndRanges(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Skip("curl not installed (scripts/test installs it)")
