@@ -99,58 +99,48 @@ func ValidETag(s string) bool {
 	return tag != nil && len(rest) == 0
 }
 
-func checkIfMatch(h []byte, etag string) condResult {
-	if len(h) == 0 {
-		return condNone
-	}
+// etagListMatch walks an If-Match or If-None-Match list: true for "*" or for any
+// entity-tag for which match holds. A malformed element ends the walk, as in net/http.
+func etagListMatch(h []byte, etag string, match func([]byte, string) bool) bool {
 	for {
 		h = trimOWS(h)
 		if len(h) == 0 {
-			break
+			return false
 		}
 		if h[0] == ',' {
 			h = h[1:]
 			continue
 		}
 		if h[0] == '*' {
-			return condTrue
+			return true
 		}
 		tag, rest := scanETag(h)
 		if tag == nil {
-			break
+			return false
 		}
-		if etagStrongMatch(tag, etag) {
-			return condTrue
+		if match(tag, etag) {
+			return true
 		}
 		h = rest
+	}
+}
+
+func checkIfMatch(h []byte, etag string) condResult {
+	switch {
+	case len(h) == 0:
+		return condNone
+	case etagListMatch(h, etag, etagStrongMatch):
+		return condTrue
 	}
 	return condFalse
 }
 
 func checkIfNoneMatch(h []byte, etag string) condResult {
-	if len(h) == 0 {
+	switch {
+	case len(h) == 0:
 		return condNone
-	}
-	for {
-		h = trimOWS(h)
-		if len(h) == 0 {
-			break
-		}
-		if h[0] == ',' {
-			h = h[1:]
-			continue
-		}
-		if h[0] == '*' {
-			return condFalse
-		}
-		tag, rest := scanETag(h)
-		if tag == nil {
-			break
-		}
-		if etagWeakMatch(tag, etag) {
-			return condFalse
-		}
-		h = rest
+	case etagListMatch(h, etag, etagWeakMatch):
+		return condFalse
 	}
 	return condTrue
 }
