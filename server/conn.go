@@ -158,12 +158,8 @@ func (c *conn) serve() gnet.Action {
 		}
 		c.begin(buf[:n])
 		_, _ = c.gc.Discard(n)
-		if c.phase == phaseRead {
-			// Answered at once (an error, robots.txt, a memory hit).
-			if !c.keepAlive || c.srv.draining.Load() {
-				return gnet.Close
-			}
-			c.between()
+		if c.phase == phaseRead && (!c.keepAlive || c.srv.draining.Load()) {
+			return gnet.Close // answered at once (an error, robots.txt, a memory hit)
 		}
 	}
 }
