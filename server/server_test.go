@@ -561,12 +561,20 @@ func TestColdFileManyClientsOneGET(t *testing.T) {
 
 func TestBaseStatusesRelayed(t *testing.T) {
 	b := newBase(t)
+	data := randomBytes(300 << 10)
+	b.write(t, "/kept.bin", data)
 	s := start(t, b, nil)
 	resp, body := httpGet(t, s.url+"/missing.bin")
 	if resp.StatusCode != 404 || len(body) == 0 {
 		t.Errorf("missing: %d %q", resp.StatusCode, body)
 	}
+	httpGet(t, s.url+"/kept.bin")
 	b.srv.Close()
+	// Base down, cached copy: served stale, and said so.
+	resp, body = httpGet(t, s.url+"/kept.bin")
+	if resp.StatusCode != 200 || !bytes.Equal(body, data) || !strings.Contains(resp.Header.Get("Warning"), "110") {
+		t.Errorf("stale copy: %d, %d bytes, Warning %q", resp.StatusCode, len(body), resp.Header.Get("Warning"))
+	}
 	resp, body = httpGet(t, s.url+"/down.bin")
 	if resp.StatusCode != 502 || !strings.Contains(string(body), "base") {
 		t.Errorf("base down: %d %q", resp.StatusCode, body)
@@ -655,5 +663,46 @@ func TestCopyFallback(t *testing.T) {
 	got, err := io.ReadAll(r.Body)
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("slow reader: %v, %d bytes", err, len(got))
+	}
+}
+
+// TestBaseDiesMidFill: clients of a fill that fails see their connection end early,
+// never a complete-looking 200; the next request fills again.
+func TestBaseDiesMidFill(t *testing.T) {
+	data := randomBytes(4 << 20)
+	var cut atomic.Bool
+	cut.Store(true)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod := time.Unix(1_700_000_000, 0)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("ETag", `"v1"`)
+		if r.Method == http.MethodGet && cut.Load() {
+			w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+			w.Header().Set("Last-Modified", mod.UTC().Format(http.TimeFormat))
+			w.WriteHeader(200)
+			w.Write(data[:1<<20])
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		}
+		http.ServeContent(w, r, "", mod, bytes.NewReader(data))
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	s := start(t, &base{url: "http://" + ln.Addr().String()}, nil)
+	resp, err := http.Get(s.url + "/f.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil || len(got) >= len(data) || !bytes.Equal(got, data[:len(got)]) {
+		t.Fatalf("cut fill: status %d, %d bytes, err %v; want an early end", resp.StatusCode, len(got), err)
+	}
+	cut.Store(false)
+	if resp, body := httpGet(t, s.url+"/f.bin"); resp.StatusCode != 200 || !bytes.Equal(body, data) {
+		t.Fatalf("after the cut: %d, %d bytes", resp.StatusCode, len(body))
 	}
 }
