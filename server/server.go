@@ -102,8 +102,11 @@ func (s *Server) Serve() error {
 	} else {
 		opts = append(opts, gnet.WithMulticore(true))
 	}
-	go s.sweep()
+	stopSweep := make(chan struct{})
+	go s.sweep(stopSweep)
 	err := gnet.Rotate(s, addrs, opts...)
+	close(stopSweep)
+	s.poller.close()
 	select {
 	case <-s.ready:
 	default:
@@ -231,11 +234,16 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 }
 
 // sweep closes connections whose deadline passed, and idle ones while draining.
-func (s *Server) sweep() {
+func (s *Server) sweep(stop <-chan struct{}) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	var expired []*conn
-	for range t.C {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
 		now := time.Now().UnixNano()
 		draining := s.draining.Load()
 		s.mu.Lock()
