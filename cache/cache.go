@@ -334,12 +334,15 @@ func (c *Cache) Get(ctx context.Context, path, rawPath string) (*Handle, error) 
 
 func (c *Cache) get(ctx context.Context, path, rawPath string, metaOnly bool) (*Handle, error) {
 	key := c.key(path)
+	fromCache := func(e *entry, stale bool) (*Handle, error) {
+		if metaOnly {
+			return &Handle{Meta: e.meta, Stale: stale, Hit: true}, nil
+		}
+		return c.hit(e, stale)
+	}
 	e, _ := c.index.Get(key)
 	if e != nil && c.cfg.Revalidate > 0 && time.Now().UnixNano()-e.checked.Load() <= int64(c.cfg.Revalidate) {
-		if metaOnly {
-			return &Handle{Meta: e.meta, Hit: true}, nil
-		}
-		return c.hit(e, false)
+		return fromCache(e, false)
 	}
 	m, err := c.head(ctx, key, rawPath)
 	if err != nil {
@@ -348,10 +351,7 @@ func (c *Cache) get(ctx context.Context, path, rawPath string, metaOnly bool) (*
 		case IsBaseDown(err) && e != nil:
 			c.cfg.Logf("cache: base down for %s, serving the cached copy: %v", key, err)
 			c.Stats.Stale.Add(1)
-			if metaOnly {
-				return &Handle{Meta: e.meta, Stale: true, Hit: true}, nil
-			}
-			return c.hit(e, true)
+			return fromCache(e, true)
 		case errors.As(err, &ue) && (ue.Status == 404 || ue.Status == 410):
 			c.purge(key)
 		}
@@ -360,10 +360,7 @@ func (c *Cache) get(ctx context.Context, path, rawPath string, metaOnly bool) (*
 	m.Key = key
 	if e != nil && SameVersion(&e.meta, m) {
 		e.checked.Store(time.Now().UnixNano())
-		if metaOnly {
-			return &Handle{Meta: e.meta, Hit: true}, nil
-		}
-		return c.hit(e, false)
+		return fromCache(e, false)
 	}
 	if metaOnly {
 		return &Handle{Meta: *m}, nil
