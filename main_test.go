@@ -60,6 +60,9 @@ func TestServeConfigErrors(t *testing.T) {
 	}{
 		{[]string{"serve"}, "--base is required"},
 		{[]string{"serve", "--base", "ftp://x"}, "--base"},
+		{[]string{"serve", "--base", "http://x/sub/dir"}, "no path"},
+		{[]string{"serve", "--base", "http://x", "--user", "no-such-user-here"}, `--user "no-such-user-here": no such user`},
+		{[]string{"serve", "--base", "http://x", "--admin", "9080"}, "--admin"},
 		{[]string{"serve", "--base", "http://x", "--cache-size", "big"}, "cache-size"},
 		{[]string{"serve", "--base", "http://x", "--max-dupes", "-1"}, "--max-dupes"},
 		{[]string{"serve", "--base", "http://x", "--listen", "nope"}, "--listen"},

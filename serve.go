@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/signal"
 	"os/user"
@@ -211,8 +212,19 @@ func (c *serveConfig) check() error {
 	if c.Base == "" {
 		return errors.New("--base is required (the base server's URL, e.g. http://www.example.org)")
 	}
-	if !strings.HasPrefix(c.Base, "http://") && !strings.HasPrefix(c.Base, "https://") {
-		return fmt.Errorf("--base %q: want http://host[:port]", c.Base)
+	if u, err := url.Parse(c.Base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+		return fmt.Errorf("--base %q: want http://host[:port] (no path: the offload server asks the base for the client's own path)", c.Base)
+	}
+	if c.Admin != "" {
+		if _, _, err := net.SplitHostPort(c.Admin); err != nil {
+			return fmt.Errorf("--admin %q: want host:port", c.Admin)
+		}
+	}
+	if c.User != "" {
+		if _, err := user.Lookup(c.User); err != nil {
+			return fmt.Errorf("--user %q: no such user", c.User)
+		}
 	}
 	if c.BaseAddr != "" {
 		if _, _, err := net.SplitHostPort(c.BaseAddr); err != nil {
