@@ -90,9 +90,19 @@ func (b *testBase) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	path := r.URL.EscapedPath()
 	b.mu.Lock()
+	gate := b.gate[path]
+	b.mu.Unlock()
+	if r.Method == http.MethodGet && gate != nil {
+		b.mu.Lock()
+		b.gets[path]++ // counted as it arrives, before it waits
+		b.totalG.Add(1)
+		b.mu.Unlock()
+		<-gate
+	}
+	b.mu.Lock()
 	if r.Method == http.MethodHead {
 		b.heads[path]++
-	} else {
+	} else if gate == nil {
 		b.gets[path]++
 		b.totalG.Add(1)
 	}
@@ -100,7 +110,6 @@ func (b *testBase) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	mtime := b.mtime[path]
 	cut, hasCut := b.cut[path]
 	delay, status, noETag := b.delay, b.status[path], b.noETag
-	gate := b.gate[path]
 	b.mu.Unlock()
 	if status != 0 {
 		if status == 401 {
@@ -121,9 +130,6 @@ func (b *testBase) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	if r.Method == http.MethodGet {
-		if gate != nil {
-			<-gate
-		}
 		time.Sleep(delay)
 		if hasCut {
 			w.Header().Set("Content-Length", strconv.Itoa(len(data)))

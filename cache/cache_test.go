@@ -505,3 +505,48 @@ func TestDiskFull(t *testing.T) {
 	}
 	mustGet(t, c, "/small", small)
 }
+
+// TestChangedBetweenHeadAndGet: the base changes the file after the HEAD; the GET's
+// validators differ, so the fill asks again and caches only the new version.
+func TestChangedBetweenHeadAndGet(t *testing.T) {
+	b := newTestBase(t)
+	v1, v2 := content("x", 500<<10, 1), content("x", 600<<10, 2)
+	b.put("/x", v1)
+	gate := make(chan struct{})
+	b.gate["/x"] = gate
+	c := openCache(t, b, t.TempDir(), nil)
+	type res struct {
+		h   *Handle
+		err error
+	}
+	done := make(chan res, 1)
+	go func() {
+		h, err := get(t, c, "/x")
+		done <- res{h, err}
+	}()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if heads, gets := b.counts("/x"); heads == 1 && gets == 1 {
+			break // HEAD answered for v1; the GET waits at the gate
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("fill never reached the base")
+		}
+	}
+	b.put("/x", v2)
+	b.mu.Lock()
+	delete(b.gate, "/x")
+	b.mu.Unlock()
+	close(gate)
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	got, err := readAll(t, r.h)
+	if err != nil || !bytes.Equal(got, v2) {
+		t.Fatalf("got %d bytes (err %v), want the new version's %d", len(got), err, len(v2))
+	}
+	if heads, gets := b.counts("/x"); heads != 2 || gets != 2 {
+		t.Errorf("base saw %d HEADs and %d GETs, want 2 and 2", heads, gets)
+	}
+	mustGet(t, c, "/x", v2)
+}
