@@ -154,6 +154,6 @@ BASE_TTFB=$(curl -s -o /dev/null -w '%{time_starttransfer}' -H 'X-Mod-Offload-By
   echo "With the 100 clients reading 1 MiB/s each: the base saw $P_GETS GET; first byte p50 ${P_TTFB50} ms, p99 ${P_TTFB99} ms"
   echo "(the base's own time to first byte for that file: ${BASE_TTFB} ms)."
   echo
-  echo "offload bench's own CPU during 3.: ${CPU_B}% of one core. Reproduce: \`scripts/bench.sh\`."
+  echo "offload bench's own CPU during 3.: $(printf "%.0f" "$CPU_B")% of one core. Reproduce: \`scripts/bench.sh\`."
 } > "$out"
 cat "$out"
