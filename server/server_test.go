@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -704,5 +705,54 @@ func TestBaseDiesMidFill(t *testing.T) {
 	cut.Store(false)
 	if resp, body := httpGet(t, s.url+"/f.bin"); resp.StatusCode != 200 || !bytes.Equal(body, data) {
 		t.Fatalf("after the cut: %d, %d bytes", resp.StatusCode, len(body))
+	}
+}
+
+// TestTrustedProxyClients: behind a trusted proxy, the download cap counts the client in
+// X-Forwarded-For, not the proxy.
+func TestTrustedProxyClients(t *testing.T) {
+	b := newBase(t)
+	b.write(t, "/dl.bin", randomBytes(64<<20))
+	s := start(t, b, func(_ *Config, l *limiter.Config, _ *cache.Config) {
+		l.Trusted = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	})
+	httpGet(t, s.url+"/dl.bin", "Range", "bytes=0-0") // warm
+	hold := func(xff string) net.Conn {
+		conn, err := net.Dial("tcp", s.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.(*net.TCPConn).SetReadBuffer(4096)
+		fmt.Fprintf(conn, "GET /dl.bin HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: %s\r\n\r\n", xff)
+		line, err := bufio.NewReader(conn).ReadString('\n')
+		if err != nil || !strings.Contains(line, "200") {
+			t.Fatalf("download for %s: %q %v", xff, line, err)
+		}
+		return conn
+	}
+	c1 := hold("198.51.100.1")
+	defer c1.Close()
+	c2 := hold("198.51.100.2") // another client behind the same proxy
+	defer c2.Close()
+	resp, _ := httpGet(t, s.url+"/dl.bin", "X-Forwarded-For", "198.51.100.1")
+	if resp.StatusCode != 403 {
+		t.Fatalf("second download by 198.51.100.1 through the proxy: %d, want 403", resp.StatusCode)
+	}
+}
+
+func TestIPv6Listener(t *testing.T) {
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skip("no IPv6 loopback here")
+	}
+	ln.Close()
+	b := newBase(t)
+	b.write(t, "/six.bin", []byte("over IPv6"))
+	s := start(t, b, func(c *Config, _ *limiter.Config, _ *cache.Config) { c.Listen = []string{"[::1]:0"} })
+	if !strings.HasPrefix(s.addr, "[::1]:") {
+		t.Fatalf("address %s", s.addr)
+	}
+	if resp, body := httpGet(t, s.url+"/six.bin"); resp.StatusCode != 200 || string(body) != "over IPv6" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
 	}
 }
