@@ -218,7 +218,8 @@ func (c *conn) begin(raw []byte) {
 	c.held = bytebufferpool.Get()
 	c.held.B = append(c.held.B, raw...)
 	c.phase = phaseWait
-	c.setDeadline(0) // the cache's own timeouts bound the wait
+	c.srv.metrics.inflight.Add(1) // a drain waits for this answer too
+	c.setDeadline(0)              // the cache's own timeouts bound the wait
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	go c.fetch(ctx, string(r.Path), string(r.RawPath), c.head)
@@ -270,6 +271,7 @@ func (c *conn) onResult(gc gnet.Conn, err error) error {
 
 // resume takes the cache's answer on the loop.
 func (c *conn) resume(r *result) {
+	c.srv.metrics.inflight.Add(-1) // leaving phaseWait
 	c.cancel()
 	c.cancel = nil
 	held := c.held
@@ -558,6 +560,9 @@ func (c *conn) close() {
 	}
 	if r := c.pending.Swap(nil); r != nil && r.h != nil {
 		r.h.Release()
+	}
+	if c.phase == phaseWait {
+		c.srv.metrics.inflight.Add(-1)
 	}
 	if c.held != nil {
 		bytebufferpool.Put(c.held)

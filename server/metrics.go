@@ -21,7 +21,7 @@ type metrics struct {
 	byStatus  [600]atomic.Pointer[prometheus.Counter] // requests by status, resolved once
 	bytesSent prometheus.Counter
 	refusals  *prometheus.CounterVec
-	inflight  atomic.Int64 // responses being sent
+	inflight  atomic.Int64 // requests being answered: waiting for the base or sending a body
 }
 
 func newMetrics(c *cache.Cache, l *limiter.Limiter) *metrics {
@@ -52,7 +52,7 @@ func newMetrics(c *cache.Cache, l *limiter.Limiter) *metrics {
 		stat("offload_upstream_gets_total", "GET requests sent to the base.", &s.Gets),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "offload_active_connections", Help: "Open client connections."},
 			func() float64 { return float64(l.Conns()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "offload_active_downloads", Help: "Responses being sent."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "offload_active_downloads", Help: "Requests being answered: waiting for the base or sending a body."},
 			func() float64 { return float64(m.inflight.Load()) }),
 	)
 	return m

@@ -112,6 +112,16 @@ func start(t *testing.T, b *base, mut func(*Config, *limiter.Config, *cache.Conf
 		t.Fatalf("server did not start: %v", <-done)
 	}
 	t.Cleanup(func() {
+		// Every test's clients are gone by now: nothing may still hold a slot.
+		http.DefaultClient.CloseIdleConnections()
+		deadline := time.Now().Add(3 * time.Second)
+		for (s.Downloads() != 0 || cfg.Limiter.Downloads() != 0 || cfg.Limiter.Conns() != 0) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if s.Downloads() != 0 || cfg.Limiter.Downloads() != 0 || cfg.Limiter.Conns() != 0 {
+			t.Errorf("leaked: %d requests in flight, %d download slots, %d connections",
+				s.Downloads(), cfg.Limiter.Downloads(), cfg.Limiter.Conns())
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		s.Shutdown(ctx)
@@ -460,8 +470,12 @@ func TestRobotsAndMethods(t *testing.T) {
 	}
 	req, _ := http.NewRequest("POST", s.url+"/x", strings.NewReader(""))
 	resp, err := http.DefaultClient.Do(req)
-	if err != nil || resp.StatusCode != 405 || resp.Header.Get("Allow") != "GET, HEAD" {
-		t.Errorf("POST: %v %v", err, resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 405 || resp.Header.Get("Allow") != "GET, HEAD" {
+		t.Errorf("POST: %v", resp)
 	}
 	if b.gets.Load()+b.heads.Load() != 0 {
 		t.Errorf("the base was asked about refused requests")
