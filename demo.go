@@ -174,7 +174,7 @@ func demo(dir string, keep bool, basePort, offloadPort int, existing, path strin
 			baseHeads.Load(), baseGets.Load())
 	}
 	fmt.Fprintf(out, "\nTry it by hand:\n  curl -L -o /dev/null -w '%%{url_effective} %%{http_code} %%{size_download}\\n' %s\n", url)
-	fmt.Fprintf(out, "  curl -I %s   # the 307 itself\n", url)
+	fmt.Fprintf(out, "  curl -s -o /dev/null -D - %s   # the 307 itself (a GET: HEADs are never offloaded)\n", url)
 	fmt.Fprintf(out, "  curl -r 0-99 -o /dev/null -w '%%{http_code}\\n' http://%s%s   # a range from the cache\n", offloadAddr, path)
 
 	stop := func() {
