@@ -342,7 +342,10 @@ func (c *Cache) get(ctx context.Context, path, rawPath string, metaOnly bool) (*
 	}
 	e, _ := c.index.Get(key)
 	if e != nil && c.cfg.Revalidate > 0 && time.Now().UnixNano()-e.checked.Load() <= int64(c.cfg.Revalidate) {
-		return fromCache(e, false)
+		if h, err := fromCache(e, false); err == nil {
+			return h, nil
+		}
+		e = nil // evicted between the lookup and the open: fill again
 	}
 	m, err := c.head(ctx, key, rawPath)
 	if err != nil {
@@ -360,7 +363,10 @@ func (c *Cache) get(ctx context.Context, path, rawPath string, metaOnly bool) (*
 	m.Key = key
 	if e != nil && SameVersion(&e.meta, m) {
 		e.checked.Store(time.Now().UnixNano())
-		return fromCache(e, false)
+		if h, err := fromCache(e, false); err == nil {
+			return h, nil
+		}
+		// Evicted between the lookup and the open: fill again.
 	}
 	if metaOnly {
 		return &Handle{Meta: *m}, nil
@@ -370,7 +376,9 @@ func (c *Cache) get(ctx context.Context, path, rawPath string, metaOnly bool) (*
 	if err == errFillGone {
 		// The fill finished as we joined it; its entry is committed (or rejected).
 		if e, ok := c.index.Get(key); ok && SameVersion(&e.meta, m) {
-			return c.hit(e, false)
+			if h, err := c.hit(e, false); err == nil {
+				return h, nil
+			}
 		}
 		h, err = c.startFill(key, rawPath, m).handle(ctx)
 	}
