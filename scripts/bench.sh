@@ -140,7 +140,7 @@ BASE_TTFB=$(curl -s -o /dev/null -w '%{time_starttransfer}' -H 'X-Mod-Offload-By
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(free -g | awk '/Mem:/ {print $2}') GiB,"
   echo "Linux $(uname -r); offload $("$work/offload" version | awk '{print $2}'), $("$NGINX" -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(go version | awk '{print $3}')."
-  echo "Both servers on 127.0.0.1 with one worker (nginx worker_processes 1, sendfile on; offload --loops 1), same files, alternating, medians of $ROUNDS rounds."
+  echo "Both servers on 127.0.0.1 with one worker (nginx worker_processes 1, sendfile on; offload --loops 1 --revalidate 1h --max-dupes 0, so a hit asks nothing of the base), same files, alternating, medians of $ROUNDS rounds."
   echo
   echo "| measurement | offload | nginx | offload / nginx |"
   echo "| --- | --- | --- | --- |"
