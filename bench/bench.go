@@ -32,7 +32,7 @@ type Config struct {
 	Requests  int           // total requests; 0: run for Duration
 	Duration  time.Duration // when Requests is 0
 	Rate      int64         // bytes/s each connection reads; 0: as fast as it can
-	Range     bool          // ask for a random byte range of each file
+	Range     bool          // ask for random byte ranges (after a first full response gives the size)
 	KeepAlive bool          // reuse connections (else one request per connection)
 	Verify    bool          // sha256 every full body; all bodies of one URL must agree
 	PID       int           // sample this process's RSS; 0: none
@@ -74,6 +74,7 @@ type run struct {
 	peak     atomic.Int64
 	bytes    atomic.Int64
 	stop     atomic.Bool
+	sizes    sync.Map // URL → body length, learnt from full responses, for --range
 
 	mu       sync.Mutex // protects the fields below
 	res      Result
@@ -295,10 +296,13 @@ func (r *run) request(ctx context.Context, c *clientConn, u *url.URL, rng *rand.
 	}
 	var req strings.Builder
 	fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: offload-bench\r\n", path, u.Host)
-	rangeStart := int64(-1)
 	if r.cfg.Range {
-		rangeStart = rng.Int64N(1 << 20)
-		fmt.Fprintf(&req, "Range: bytes=%d-%d\r\n", rangeStart, rangeStart+rng.Int64N(1<<20))
+		// A random range inside the file, once a full response has told its size.
+		if v, ok := r.sizes.Load(u.String()); ok && v.(int64) > 0 {
+			size := v.(int64)
+			start := rng.Int64N(size)
+			fmt.Fprintf(&req, "Range: bytes=%d-%d\r\n", start, start+rng.Int64N(size-start))
+		}
 	}
 	if !r.cfg.KeepAlive {
 		req.WriteString("Connection: close\r\n")
@@ -315,6 +319,9 @@ func (r *run) request(ctx context.Context, c *clientConn, u *url.URL, rng *rand.
 		return "", false, r.stopped(ctx, err)
 	}
 	ttfb := time.Since(start)
+	if r.cfg.Range && resp.StatusCode == 200 && resp.ContentLength > 0 {
+		r.sizes.Store(u.String(), resp.ContentLength)
+	}
 	r.mu.Lock()
 	r.ttfb = append(r.ttfb, float64(ttfb.Microseconds())/1000)
 	r.mu.Unlock()

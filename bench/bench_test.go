@@ -56,3 +56,18 @@ func TestRateLimitedReaders(t *testing.T) {
 		t.Fatalf("rate not held: %+v", res)
 	}
 }
+
+func TestRandomRanges(t *testing.T) {
+	body := strings.Repeat("z", 5000)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "z", time.Unix(1e9, 0), strings.NewReader(body))
+	}))
+	defer srv.Close()
+	res, err := Run(context.Background(), Config{URLs: []string{srv.URL + "/z"}, Conns: 4, Requests: 100, KeepAlive: true, Range: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Errors != 0 || res.Statuses[206] < 90 {
+		t.Fatalf("ranges inside a 5,000-byte file: %+v", res)
+	}
+}
