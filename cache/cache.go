@@ -302,7 +302,8 @@ func (h *Handle) Release() {
 
 // Lookup returns a handle for path without asking the base, when a committed entry
 // exists and was confirmed within the revalidation period; otherwise nil. It does not
-// block on the network, so the event loop may call it.
+// touch the network or read file data (it may open the data file), so the event loop
+// may call it.
 func (c *Cache) Lookup(path string) *Handle {
 	if c.cfg.Revalidate <= 0 {
 		return nil
@@ -310,6 +311,16 @@ func (c *Cache) Lookup(path string) *Handle {
 	e, ok := c.index.Get(c.key(path))
 	if !ok || time.Now().UnixNano()-e.checked.Load() > int64(c.cfg.Revalidate) {
 		return nil
+	}
+	if e.meta.Size <= c.cfg.SmallFile {
+		// Small bodies are answered from memory; one not there yet is read by Get, off
+		// the event loop, which also puts it in memory.
+		body, ok := c.mem.Get(e.path)
+		if !ok {
+			return nil
+		}
+		c.Stats.Hits.Add(1)
+		return &Handle{Meta: e.meta, Body: body, Hit: true}
 	}
 	h, err := c.hit(e, false)
 	if err != nil {
