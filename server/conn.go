@@ -37,6 +37,10 @@ const maxPerCall = 256 << 10
 // maxPipelined bounds the bytes a client may send ahead while a response is under way.
 const maxPipelined = 64 << 10
 
+// maxQueued bounds the answers gnet may hold for a client that pipelines requests for
+// small files (answered from memory) faster than it reads them.
+const maxQueued = 256 << 10
+
 // result is the cache's answer, handed from conn.fetch to the event loop.
 type result struct {
 	h   *cache.Handle
@@ -134,6 +138,18 @@ func (c *conn) serve() gnet.Action {
 		buf, _ := c.gc.Peek(-1)
 		if len(buf) == 0 {
 			return gnet.None
+		}
+		if c.gc.OutboundBuffered() > maxQueued {
+			// Pipelined requests whose answers the client does not read: answer no more
+			// until gnet has passed these on, so memory stays bounded.
+			_ = c.gc.Flush()
+			if c.gc.OutboundBuffered() > maxQueued {
+				c.setDeadline(c.srv.cfg.Timeout)
+				if c.waitWritable() == sendFailed {
+					return gnet.Close
+				}
+				return gnet.None
+			}
 		}
 		n, err := c.req.Parse(buf)
 		if err == proto.ErrNeedMore {

@@ -770,3 +770,40 @@ func TestIPv6Listener(t *testing.T) {
 		t.Fatalf("%d %q", resp.StatusCode, body)
 	}
 }
+
+// TestPipelinedFloodIsBounded: a client pipelines many requests for a small file and only
+// then reads; every answer arrives intact, in order (the server answers no further while
+// the queued answers exceed its bound, and resumes as the client reads).
+func TestPipelinedFloodIsBounded(t *testing.T) {
+	b := newBase(t)
+	body := randomBytes(60 << 10)
+	b.write(t, "/m.bin", body)
+	s := start(t, b, func(c *Config, _ *limiter.Config, _ *cache.Config) {})
+	httpGet(t, s.url+"/m.bin")
+	httpGet(t, s.url+"/m.bin") // now in memory
+	conn, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	const n = 200
+	go func() {
+		var req strings.Builder
+		for range n {
+			req.WriteString("GET /m.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+		}
+		conn.Write([]byte(req.String()))
+	}()
+	time.Sleep(300 * time.Millisecond)
+	br := bufio.NewReader(conn)
+	for i := range n {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		if err != nil || !bytes.Equal(got, body) {
+			t.Fatalf("answer %d: %v, %d bytes", i, err, len(got))
+		}
+	}
+}
