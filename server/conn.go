@@ -299,8 +299,8 @@ func (c *conn) resume(r *result) {
 			r.h.Release()
 		}
 		c.phase = phaseRead
-		c.text(500, "internal error", "")
 		c.keepAlive = false
+		c.text(500, "internal error", "")
 		return
 	}
 	c.phase = phaseRead
