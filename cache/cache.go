@@ -36,7 +36,7 @@ type Config struct {
 
 // Stats counts what the cache did; read it with atomic loads.
 type Stats struct {
-	Hits, Misses, Stale, Fills, FillErrors, Heads, Gets, Evictions atomic.Int64
+	Hits, Misses, Stale, Fills, FillErrors, Heads, Gets, Evictions, Rejected atomic.Int64
 }
 
 // Cache is the disk cache of one base server. Its methods are safe for concurrent use.
@@ -128,7 +128,10 @@ func Open(cfg Config) (*Cache, error) {
 			c.Stats.Evictions.Add(1)
 			c.remove(it.Value)
 		},
-		OnReject: func(it *ristretto.Item[*entry]) { c.remove(it.Value) },
+		OnReject: func(it *ristretto.Item[*entry]) {
+			c.Stats.Rejected.Add(1) // admission chose the entries already cached
+			c.remove(it.Value)
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)

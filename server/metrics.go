@@ -48,6 +48,7 @@ func newMetrics(c *cache.Cache, l *limiter.Limiter) *metrics {
 		stat("offload_cache_fills_total", "Fills started (upstream GETs coalesced).", &s.Fills),
 		stat("offload_cache_fill_errors_total", "Fills that failed.", &s.FillErrors),
 		stat("offload_cache_evictions_total", "Entries evicted to stay under the bound.", &s.Evictions),
+		stat("offload_cache_rejected_total", "Fills not kept: the policy preferred the entries cached.", &s.Rejected),
 		stat("offload_upstream_heads_total", "HEAD requests sent to the base.", &s.Heads),
 		stat("offload_upstream_gets_total", "GET requests sent to the base.", &s.Gets),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "offload_active_connections", Help: "Open client connections."},
