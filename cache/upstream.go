@@ -203,7 +203,9 @@ func describe(resp *http.Response) (*Meta, error) {
 	if m.Size < 0 || (m.ETag == "" && m.LastModified == "") || len(resp.TransferEncoding) > 0 {
 		return nil, &Error{Status: 403, Reason: "dynamic content: fetch it from the base server"}
 	}
-	if strings.Contains(resp.Header.Get("Content-Encoding"), "gzip") {
+	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		// Cached bytes are served without the base's headers: an encoded body would
+		// reach clients as garbage.
 		return nil, &Error{Status: 403, Reason: "encoded content: fetch it from the base server"}
 	}
 	return m, nil
