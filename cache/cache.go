@@ -386,17 +386,7 @@ func (c *Cache) get(ctx context.Context, path, rawPath string, metaOnly bool) (*
 		return &Handle{Meta: *m}, nil
 	}
 	c.Stats.Misses.Add(1)
-	h, err := c.startFill(key, rawPath, m).handle(ctx)
-	if err == errFillGone {
-		// The fill finished as we joined it; its entry is committed (or rejected).
-		if e, ok := c.index.Get(key); ok && SameVersion(&e.meta, m) {
-			if h, err := c.hit(e, false); err == nil {
-				return h, nil
-			}
-		}
-		h, err = c.startFill(key, rawPath, m).handle(ctx)
-	}
-	return h, err
+	return c.startFill(key, rawPath, m).handle(ctx)
 }
 
 // hit opens a handle on a committed entry.

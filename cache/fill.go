@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -23,12 +22,13 @@ type fill struct {
 	// Set before ready is closed, read-only after.
 	meta Meta
 
-	mu      sync.Mutex // protects the fields below
-	file    *sharedFile
-	written int64    // body bytes in the file so far: all a reader may send
-	done    bool     // no more bytes will come
-	err     error    // why the fill failed, if it did
-	waiters []func() // called once when written grows or the fill ends
+	mu       sync.Mutex // protects the fields below
+	file     *sharedFile
+	reserved int      // callers that joined and have not opened their handle yet: the file stays open for them
+	written  int64    // body bytes in the file so far: all a reader may send
+	done     bool     // no more bytes will come
+	err      error    // why the fill failed, if it did
+	waiters  []func() // called once when written grows or the fill ends
 }
 
 // startFill joins the fill in progress for key or starts one.
@@ -36,29 +36,40 @@ func (c *Cache) startFill(key, rawPath string, want *Meta) *fill {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f := c.fills[key]; f != nil {
+		f.reserve()
 		return f
 	}
-	f := &fill{c: c, key: key, rawPath: rawPath, want: want, ready: make(chan struct{})}
+	f := &fill{c: c, key: key, rawPath: rawPath, want: want, ready: make(chan struct{}), reserved: 1}
 	c.fills[key] = f
 	c.Stats.Fills.Add(1)
 	go f.run()
 	return f
 }
 
+func (f *fill) reserve() {
+	f.mu.Lock()
+	f.reserved++
+	f.mu.Unlock()
+}
+
 // handle waits until the fill has a file and a validated response, then opens a reader.
+// The caller reserved its place when it joined (startFill), so a fill that finishes in
+// the meantime keeps its file open for it.
 func (f *fill) handle(ctx context.Context) (*Handle, error) {
 	select {
 	case <-f.ready:
 	case <-ctx.Done():
+		f.mu.Lock()
+		f.reserved--
+		f.closeIfUnused()
+		f.mu.Unlock()
 		return nil, &Error{Status: 503, Reason: "request canceled", Err: ctx.Err()}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.reserved--
 	if f.file == nil {
 		return nil, f.err
-	}
-	if f.file.refs == 0 {
-		return nil, errFillGone // finished and closed between lookup and here
 	}
 	f.file.refs++
 	return &Handle{Meta: f.meta, file: f.file, release: f.releaseFile, fill: f}, nil
@@ -68,8 +79,14 @@ func (f *fill) releaseFile(sf *sharedFile) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	sf.refs--
-	if sf.refs == 0 {
-		sf.f.Close()
+	f.closeIfUnused()
+}
+
+// closeIfUnused closes the file once no reader holds it and none is on its way; f.mu is held.
+func (f *fill) closeIfUnused() {
+	if f.file != nil && f.file.refs == 0 && f.reserved == 0 && f.file.f != nil {
+		f.file.f.Close()
+		f.file.f = nil
 	}
 }
 
@@ -261,9 +278,6 @@ func (f *fill) get() (*Meta, io.ReadCloser, error) {
 		f.want = want
 	}
 }
-
-// errFillGone says a fill ended between finding it and opening it: look again.
-var errFillGone = errors.New("cache: fill already finished")
 
 // commit makes the .part file a complete entry: sync, rename, index.
 func (f *fill) commit(file *os.File, part, final string, small []byte) error {
