@@ -550,3 +550,41 @@ func TestChangedBetweenHeadAndGet(t *testing.T) {
 	}
 	mustGet(t, c, "/x", v2)
 }
+
+// TestEvictedWhileRead: a reader holding a handle keeps reading the whole body after the
+// entry is evicted and its file removed.
+func TestEvictedWhileRead(t *testing.T) {
+	b := newTestBase(t)
+	dir := t.TempDir()
+	first := content("first", 3<<20, 1)
+	b.put("/first", first)
+	for i := range 8 {
+		b.put("/other"+itoa(i), content("other", 2<<20+i, 1))
+	}
+	c := openCache(t, b, dir, func(c *Config) { c.MaxBytes = 4 << 20 })
+	mustGet(t, c, "/first", first)
+	h, err := get(t, c, "/first") // a hit: the committed file
+	if err != nil || !h.Hit {
+		t.Fatalf("hit: %v %+v", err, h)
+	}
+	for i := range 8 {
+		b.mu.Lock()
+		data := b.files["/other"+itoa(i)]
+		b.mu.Unlock()
+		mustGet(t, c, "/other"+itoa(i), data)
+		mustGet(t, c, "/other"+itoa(i), data) // twice, so the policy prefers them
+	}
+	if c.Stats.Evictions.Load()+c.Stats.Rejected.Load() == 0 {
+		t.Fatal("nothing evicted or rejected under a 4 MiB bound")
+	}
+	if _, ok := c.index.Get(c.key("/first")); ok {
+		t.Skip("the policy kept /first; nothing to test")
+	}
+	got, err := readAll(t, h)
+	if err != nil || !bytes.Equal(got, first) {
+		t.Fatalf("read after eviction: %v, %d bytes", err, len(got))
+	}
+	if _, total := dataFiles(t, dir); total > 4<<20+3<<20 {
+		t.Errorf("folder holds %d bytes", total)
+	}
+}
