@@ -32,14 +32,19 @@ type testBase struct {
 	delay  time.Duration            // before each GET's body
 	gate   map[string]chan struct{} // a GET for the path waits on this before its body
 	noETag bool
-	status map[string]int // answer this status instead
-	totalG atomic.Int64
+	// throttle, when set, sends whole-file GETs in 64 KiB pieces this far apart (ranged
+	// GETs go at full speed): a slow base for the far-range tests.
+	throttle time.Duration
+	ranged   map[string]int // GETs with a Range header, by path
+	status   map[string]int // answer this status instead
+	totalG   atomic.Int64
 }
 
 func newTestBase(t testing.TB) *testBase {
 	t.Helper()
 	b := &testBase{t: t, files: map[string][]byte{}, mtime: map[string]time.Time{}, heads: map[string]int{},
-		gets: map[string]int{}, cut: map[string]int{}, status: map[string]int{}, gate: map[string]chan struct{}{}}
+		gets: map[string]int{}, cut: map[string]int{}, status: map[string]int{}, gate: map[string]chan struct{}{},
+		ranged: map[string]int{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +114,10 @@ func (b *testBase) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	data, ok := b.files[path]
 	mtime := b.mtime[path]
 	cut, hasCut := b.cut[path]
-	delay, status, noETag := b.delay, b.status[path], b.noETag
+	delay, status, noETag, throttle := b.delay, b.status[path], b.noETag, b.throttle
+	if r.Method == http.MethodGet && r.Header.Get("Range") != "" {
+		b.ranged[path]++
+	}
 	b.mu.Unlock()
 	if status != 0 {
 		if status == 401 {
@@ -129,6 +137,18 @@ func (b *testBase) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("ETag", `"`+strconv.Itoa(len(data))+"-"+strconv.FormatInt(mtime.Unix(), 16)+`"`)
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
+	if r.Method == http.MethodGet && throttle > 0 && r.Header.Get("Range") == "" {
+		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+		w.Header().Set("Last-Modified", mtime.UTC().Format(http.TimeFormat))
+		for i := 0; i < len(data); i += 64 << 10 {
+			if _, err := w.Write(data[i:min(i+64<<10, len(data))]); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			time.Sleep(throttle)
+		}
+		return
+	}
 	if r.Method == http.MethodGet {
 		time.Sleep(delay)
 		if hasCut {

@@ -264,7 +264,15 @@ type Handle struct {
 	file    *sharedFile
 	release func(*sharedFile)
 	fill    *fill // nil once the body is complete on disk
+	base    int64 // body offset of the file's first body byte: non-zero for a window
 }
+
+// FileOffset is where body byte off is in the data file (Fd). A window handle holds
+// only the bytes from its base on.
+func (h *Handle) FileOffset(off int64) int64 { return HeaderSize + off - h.base }
+
+// Base is the first body byte the handle can give: 0 but for a window.
+func (h *Handle) Base() int64 { return h.base }
 
 // Fd is the descriptor to sendfile from; the body starts at HeaderSize.
 func (h *Handle) Fd() int { return int(h.file.f.Fd()) }
@@ -283,7 +291,8 @@ func (h *Handle) Available() (int64, error) {
 	if h.fill == nil {
 		return h.Meta.Size, nil
 	}
-	return h.fill.available()
+	n, err := h.fill.available()
+	return h.base + n, err
 }
 
 // Wait arranges for wake to be called once, when more than have bytes are available or
@@ -292,7 +301,7 @@ func (h *Handle) Wait(have int64, wake func()) bool {
 	if h.fill == nil {
 		return false
 	}
-	return h.fill.wait(have, wake)
+	return h.fill.wait(have-h.base, wake)
 }
 
 // Release gives the handle's descriptor back.
@@ -336,17 +345,28 @@ func (c *Cache) Lookup(path string) *Handle {
 // when it is current, else from the base's HEAD, without filling anything. The handle
 // has no body.
 func (c *Cache) Stat(ctx context.Context, path, rawPath string) (*Handle, error) {
-	return c.get(ctx, path, rawPath, true)
+	return c.get(ctx, path, rawPath, true, 0)
 }
 
 // Get returns a handle for path after asking the base whether the cached version is
 // current, starting a fill when it is not. rawPath is the path as the client escaped
 // it, which is what the base is asked for. Errors are *Error values to relay.
 func (c *Cache) Get(ctx context.Context, path, rawPath string) (*Handle, error) {
-	return c.get(ctx, path, rawPath, false)
+	return c.get(ctx, path, rawPath, false, 0)
 }
 
-func (c *Cache) get(ctx context.Context, path, rawPath string, metaOnly bool) (*Handle, error) {
+// GetFrom is Get for a reader that wants the bytes from `from` on. When the file must be
+// filled and `from` is far past what the fill has landed, the reader gets a window of its
+// own, fetched with a Range request, while the fill goes on for the cache: it need not
+// wait for gigabytes to land first. Its handle's Base is then `from`.
+func (c *Cache) GetFrom(ctx context.Context, path, rawPath string, from int64) (*Handle, error) {
+	return c.get(ctx, path, rawPath, false, from)
+}
+
+// farAhead is how far past a fill's landed bytes a reader must ask before it gets a window.
+const farAhead = 16 << 20
+
+func (c *Cache) get(ctx context.Context, path, rawPath string, metaOnly bool, from int64) (*Handle, error) {
 	key := c.key(path)
 	fromCache := func(e *entry, stale bool) (*Handle, error) {
 		if metaOnly {
@@ -386,7 +406,16 @@ func (c *Cache) get(ctx context.Context, path, rawPath string, metaOnly bool) (*
 		return &Handle{Meta: *m}, nil
 	}
 	c.Stats.Misses.Add(1)
-	return c.startFill(key, rawPath, m).handle(ctx)
+	f := c.startFill(key, rawPath, m)
+	if from > 0 && from < m.Size && from > f.landed()+farAhead {
+		h, err := c.startWindow(key, rawPath, m, from).handle(ctx)
+		if err == nil {
+			f.unreserve()
+			return h, nil
+		}
+		c.cfg.Logf("cache: %s: no window from %d (%v); the reader waits for the fill", key, from, err)
+	}
+	return f.handle(ctx)
 }
 
 // hit opens a handle on a committed entry.

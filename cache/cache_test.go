@@ -588,3 +588,59 @@ func TestEvictedWhileRead(t *testing.T) {
 		t.Errorf("folder holds %d bytes", total)
 	}
 }
+
+// TestWindowForFarRange: a reader that wants the end of a cold file being filled slowly
+// gets a window fetched with Range instead of waiting for the fill; the fill goes on and
+// commits the whole file.
+func TestWindowForFarRange(t *testing.T) {
+	b := newTestBase(t)
+	data := content("slow", 24<<20, 1)
+	b.put("/slow", data)
+	b.throttle = 5 * time.Millisecond // the whole file takes about 2 s
+	c := openCache(t, b, t.TempDir(), nil)
+	from := int64(20 << 20)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	h, err := c.GetFrom(ctx, "/slow", "/slow", from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Base() != from || h.Meta.Size != int64(len(data)) {
+		t.Fatalf("base %d size %d, want a window from %d of %d", h.Base(), h.Meta.Size, from, len(data))
+	}
+	// Read the window as the server does: offsets are body offsets.
+	var got []byte
+	for off := from; off < h.Meta.Size; {
+		avail, err := h.Available()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if avail > off {
+			buf := make([]byte, avail-off)
+			h.File().ReadAt(buf, h.FileOffset(off))
+			got = append(got, buf...)
+			off = avail
+			continue
+		}
+		woke := make(chan struct{})
+		if h.Wait(avail, func() { close(woke) }) {
+			<-woke
+		}
+	}
+	h.Release()
+	if !bytes.Equal(got, data[from:]) {
+		t.Fatalf("window bytes differ (%d bytes)", len(got))
+	}
+	b.mu.Lock()
+	ranged := b.ranged["/slow"]
+	b.mu.Unlock()
+	if ranged != 1 {
+		t.Errorf("%d ranged GETs, want 1", ranged)
+	}
+	// A near range joins the fill instead; the fill completes and is cached.
+	b.throttle = 0
+	mustGet(t, c, "/slow", data)
+	if _, gets := b.counts("/slow"); gets != 2 {
+		t.Errorf("%d GETs in all, want 2 (the fill and the window)", gets)
+	}
+}

@@ -17,6 +17,7 @@ type fill struct {
 	key     string
 	rawPath string
 	want    *Meta         // what the HEAD said; the GET must agree
+	from    int64         // 0 for a whole file; else a window: the bytes from here, never cached
 	ready   chan struct{} // closed when meta and file are set, or the fill failed first
 
 	// Set before ready is closed, read-only after.
@@ -72,7 +73,29 @@ func (f *fill) handle(ctx context.Context) (*Handle, error) {
 		return nil, f.err
 	}
 	f.file.refs++
-	return &Handle{Meta: f.meta, file: f.file, release: f.releaseFile, fill: f}, nil
+	return &Handle{Meta: f.meta, file: f.file, release: f.releaseFile, fill: f, base: f.from}, nil
+}
+
+// unreserve gives back a place taken by startFill without opening a handle.
+func (f *fill) unreserve() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reserved--
+	f.closeIfUnused()
+}
+
+// landed is how many bytes the fill has written so far.
+func (f *fill) landed() int64 {
+	n, _ := f.available()
+	return n
+}
+
+// startWindow starts a fill of the bytes from `from` on, for one reader that asked for
+// a range far past what the file's fill has landed. It is not shared and not cached.
+func (c *Cache) startWindow(key, rawPath string, want *Meta, from int64) *fill {
+	f := &fill{c: c, key: key, rawPath: rawPath, want: want, from: from, ready: make(chan struct{}), reserved: 1}
+	go f.run()
+	return f
 }
 
 func (f *fill) releaseFile(sf *sharedFile) {
@@ -181,9 +204,9 @@ func (f *fill) run() {
 		fail(&Error{Status: 500, Reason: "cache folder not writable", Err: err})
 		return
 	}
-	cacheable := m.Size <= c.cfg.MaxBytes
+	cacheable := m.Size <= c.cfg.MaxBytes && f.from == 0
 	if !cacheable {
-		// Larger than the whole cache: stream it through an unlinked file.
+		// Larger than the whole cache, or a window: stream it through an unlinked file.
 		_ = os.Remove(part)
 		part = ""
 	}
@@ -199,8 +222,9 @@ func (f *fill) run() {
 	close(f.ready)
 	defer f.releaseFile(f.file)
 
+	expected := m.Size - f.from // the bytes this fill writes
 	var small []byte
-	if m.Size <= c.cfg.SmallFile {
+	if cacheable && m.Size <= c.cfg.SmallFile {
 		small = make([]byte, 0, m.Size)
 	}
 	bufp := copyBufs.Get().(*[]byte)
@@ -210,7 +234,7 @@ func (f *fill) run() {
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
-			if written+int64(n) > m.Size {
+			if written+int64(n) > expected {
 				fail(&Error{Status: 502, Reason: "base sent more than its Content-Length"})
 				return
 			}
@@ -222,7 +246,7 @@ func (f *fill) run() {
 				small = append(small, buf[:n]...)
 			}
 			written += int64(n)
-			if written < m.Size {
+			if written < expected {
 				f.advance(int64(n), false, nil)
 			} else {
 				// The last bytes are announced only once the entry is committed, so a
@@ -238,8 +262,8 @@ func (f *fill) run() {
 			return
 		}
 	}
-	if written != m.Size {
-		fail(fmt.Errorf("cache: %s: base sent %d of %d bytes", f.key, written, m.Size))
+	if written != expected {
+		fail(fmt.Errorf("cache: %s: base sent %d of %d bytes", f.key, written, expected))
 		return
 	}
 	if cacheable {
@@ -258,7 +282,7 @@ func (f *fill) get() (*Meta, io.ReadCloser, error) {
 	ctx := context.Background()
 	for attempt := 0; ; attempt++ {
 		f.c.Stats.Gets.Add(1)
-		m, resp, err := f.c.up.get(ctx, f.rawPath)
+		m, resp, err := f.c.up.get(ctx, f.rawPath, f.from, f.want)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -266,7 +290,7 @@ func (f *fill) get() (*Meta, io.ReadCloser, error) {
 			return m, resp.Body, nil
 		}
 		resp.Body.Close()
-		if attempt == 2 {
+		if attempt == 2 || f.from > 0 {
 			return nil, nil, &Error{Status: 502, Reason: "file keeps changing on the base"}
 		}
 		f.c.cfg.Logf("cache: %s changed on the base during the fill; asking again", f.key)

@@ -110,17 +110,39 @@ func (u *upstream) head(ctx context.Context, rawPath string) (*Meta, error) {
 
 // get starts the body of rawPath; the caller reads and closes resp.Body. The body is
 // read with an idle timeout: a base that stops sending for the timeout fails the read.
-func (u *upstream) get(ctx context.Context, rawPath string) (*Meta, *http.Response, error) {
+//
+// With from > 0 it asks for the bytes from there on (If-Range: want's validator, so a
+// changed file does not mix versions) and accepts only a 206 for exactly that range; the
+// Meta then describes the whole file.
+func (u *upstream) get(ctx context.Context, rawPath string, from int64, want *Meta) (*Meta, *http.Response, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	req, err := u.request(ctx, http.MethodGet, rawPath)
 	if err != nil {
 		cancel()
 		return nil, nil, &Error{Status: 400, Reason: "bad path", Err: err}
 	}
+	if from > 0 {
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(from, 10)+"-")
+		if want.ETag != "" && !proto.IsWeakETag(want.ETag) {
+			req.Header.Set("If-Range", want.ETag)
+		} else {
+			req.Header.Set("If-Range", want.LastModified)
+		}
+	}
 	resp, err := u.client.Do(req)
 	if err != nil {
 		cancel()
 		return nil, nil, downError(err)
+	}
+	if from > 0 {
+		start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		if resp.StatusCode != http.StatusPartialContent || !ok || start != from || resp.ContentLength != total-from {
+			resp.Body.Close()
+			cancel()
+			return nil, nil, &Error{Status: 502, Reason: "base did not answer the range asked for"}
+		}
+		// Described as the whole file it is part of.
+		resp.StatusCode, resp.ContentLength = http.StatusOK, total
 	}
 	m, err := describe(resp)
 	if err != nil {
@@ -209,4 +231,24 @@ func describe(resp *http.Response) (*Meta, error) {
 		return nil, &Error{Status: 403, Reason: "encoded content: fetch it from the base server"}
 	}
 	return m, nil
+}
+
+// parseContentRange reads "bytes FIRST-LAST/TOTAL" and checks that LAST is the end.
+func parseContentRange(v string) (start, total int64, ok bool) {
+	rest, found := strings.CutPrefix(v, "bytes ")
+	if !found {
+		return 0, 0, false
+	}
+	span, size, found := strings.Cut(rest, "/")
+	first, last, found2 := strings.Cut(span, "-")
+	if !found || !found2 {
+		return 0, 0, false
+	}
+	a, err1 := strconv.ParseInt(first, 10, 64)
+	b, err2 := strconv.ParseInt(last, 10, 64)
+	n, err3 := strconv.ParseInt(size, 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || a < 0 || b != n-1 || a > b {
+		return 0, 0, false
+	}
+	return a, n, true
 }

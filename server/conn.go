@@ -1,8 +1,10 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"math"
 	"net/netip"
 	"strconv"
 	"sync"
@@ -238,16 +240,32 @@ func (c *conn) begin(raw []byte) {
 	c.setDeadline(0)              // the cache's own timeouts bound the wait
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
-	go c.fetch(ctx, string(r.Path), string(r.RawPath), c.head)
+	go c.fetch(ctx, string(r.Path), string(r.RawPath), c.head, wantFrom(r))
+}
+
+// wantFrom is where a single "bytes=N-" or "bytes=N-M" range without If-Range starts: a
+// reader the cache may serve from a window of its own when the fill is far behind N.
+func wantFrom(r *proto.Request) int64 {
+	if len(r.Range) == 0 || len(r.IfRange) > 0 {
+		return 0
+	}
+	var buf [1]proto.Range
+	ranges, err := proto.ParseRange(r.Range, math.MaxInt64, buf[:0])
+	if err != nil || len(ranges) != 1 || bytes.Contains(r.Range, []byte("=-")) || bytes.IndexByte(r.Range, ',') >= 0 {
+		return 0
+	}
+	return ranges[0].Start
 }
 
 // fetch runs in its own goroutine: it may block on the base, the loop must not.
-func (c *conn) fetch(ctx context.Context, path, rawPath string, head bool) {
-	get := c.srv.cfg.Cache.Get
+func (c *conn) fetch(ctx context.Context, path, rawPath string, head bool, from int64) {
+	var h *cache.Handle
+	var err error
 	if head {
-		get = c.srv.cfg.Cache.Stat // a HEAD needs the metadata, not a fill
+		h, err = c.srv.cfg.Cache.Stat(ctx, path, rawPath) // a HEAD needs the metadata, not a fill
+	} else {
+		h, err = c.srv.cfg.Cache.GetFrom(ctx, path, rawPath, from)
 	}
-	h, err := get(ctx, path, rawPath)
 	c.pending.Store(&result{h: h, err: err})
 	if c.closed.Load() {
 		// OnClose may have run before the Store: whoever swaps the result out frees it.
@@ -381,6 +399,13 @@ func (c *conn) respond(h *cache.Handle) {
 		c.finish()
 		return
 	}
+	if h.Base() > 0 && (status != 206 || len(ranges) != 1 || ranges[0].Start < h.Base()) {
+		// A window holds only the bytes from its base; wantFrom asked for no other.
+		h.Release()
+		c.keepAlive = false
+		c.text(500, "internal error: range window mismatch", "")
+		return
+	}
 	_, _ = c.gc.Write(buf.B)
 	c.h, c.fd = h, h.Fd()
 	switch {
@@ -455,7 +480,7 @@ func (c *conn) send() sendResult {
 			continue
 		}
 		n := min(min(c.end, avail)-c.off, budget, maxPerCall)
-		off := cache.HeaderSize + c.off
+		off := c.h.FileOffset(c.off)
 		var w int
 		if c.copyMode {
 			w, err = c.copyOut(off, int(n))

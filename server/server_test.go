@@ -807,3 +807,49 @@ func TestPipelinedFloodIsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestFarRangeOnColdFile: `curl -C -` far into a cold file that the base sends slowly is
+// answered from a ranged window, with the right bytes, while the cache fills.
+func TestFarRangeOnColdFile(t *testing.T) {
+	data := randomBytes(40 << 20)
+	var ranged atomic.Int64
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod := time.Unix(1_700_000_000, 0)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("ETag", `"v1"`)
+		if r.Method == http.MethodGet && r.Header.Get("Range") == "" {
+			// The whole file, slowly: about 1.3 s.
+			w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+			w.Header().Set("Last-Modified", mod.UTC().Format(http.TimeFormat))
+			for i := 0; i < len(data); i += 256 << 10 {
+				if _, err := w.Write(data[i:min(i+256<<10, len(data))]); err != nil {
+					return
+				}
+				time.Sleep(8 * time.Millisecond)
+			}
+			return
+		}
+		if r.Header.Get("Range") != "" {
+			ranged.Add(1)
+		}
+		http.ServeContent(w, r, "", mod, bytes.NewReader(data))
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	s := start(t, &base{url: "http://" + ln.Addr().String()}, nil)
+	from := 36 << 20
+	resp, body := httpGet(t, s.url+"/f.bin", "Range", fmt.Sprintf("bytes=%d-", from))
+	if resp.StatusCode != 206 || !bytes.Equal(body, data[from:]) {
+		t.Fatalf("far range: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if ranged.Load() != 1 {
+		t.Errorf("base saw %d ranged GETs, want 1", ranged.Load())
+	}
+	// The fill went on: the whole file is served (and comes from the cache).
+	if resp, body := httpGet(t, s.url+"/f.bin"); resp.StatusCode != 200 || !bytes.Equal(body, data) {
+		t.Fatalf("whole file after: %d, %d bytes", resp.StatusCode, len(body))
+	}
+}
