@@ -115,9 +115,14 @@ func (c *conn) setDeadline(d time.Duration) {
 func (c *conn) serve() gnet.Action {
 	c.wakeQueued.Store(false)
 	if r := c.pending.Swap(nil); r != nil {
-		c.resume(r)
+		c.resume(r) // writes the head
 		if c.phase == phaseRead && (!c.keepAlive || c.srv.draining.Load()) {
 			return gnet.Close
+		}
+		if c.phase == phaseSend {
+			// The body waits for a normal turn, so that every head ready now goes first.
+			_ = c.gc.Wake(nil)
+			return gnet.None
 		}
 	}
 	for {
@@ -284,18 +289,6 @@ func (c *conn) fetch(ctx context.Context, path, rawPath string, head bool, from 
 func (c *conn) onResult(gc gnet.Conn, err error) error {
 	if err != nil || c.closed.Load() {
 		return nil // closed meanwhile; OnClose freed the result
-	}
-	if r := c.pending.Swap(nil); r != nil {
-		c.resume(r) // writes the head
-		if c.phase == phaseRead && (!c.keepAlive || c.srv.draining.Load()) {
-			_ = gc.Close()
-			return nil
-		}
-		if c.phase == phaseSend {
-			// The body waits for a normal turn, so that every head ready now goes first.
-			_ = gc.Wake(nil)
-			return nil
-		}
 	}
 	if c.serve() == gnet.Close {
 		_ = gc.Close()
