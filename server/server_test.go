@@ -66,6 +66,20 @@ func newBase(t *testing.T) *base {
 	return b
 }
 
+// handlerBase is a base server on 127.0.0.1 answering with h, for tests that need a base
+// with behaviour of its own (cut bodies, slow bodies).
+func handlerBase(t *testing.T, h http.HandlerFunc) *base {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &base{url: "http://" + ln.Addr().String(), srv: &http.Server{Handler: h}}
+	go b.srv.Serve(ln)
+	t.Cleanup(func() { b.srv.Close() })
+	return b
+}
+
 func (b *base) write(t *testing.T, name string, data []byte) {
 	t.Helper()
 	p := filepath.Join(b.dir, filepath.FromSlash(name))
@@ -687,12 +701,8 @@ func TestBaseDiesMidFill(t *testing.T) {
 	data := randomBytes(4 << 20)
 	var cut atomic.Bool
 	cut.Store(true)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	mod := time.Unix(1_700_000_000, 0)
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	b := handlerBase(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("ETag", `"v1"`)
 		if r.Method == http.MethodGet && cut.Load() {
 			w.Header().Set("Content-Length", strconv.Itoa(len(data)))
@@ -703,10 +713,8 @@ func TestBaseDiesMidFill(t *testing.T) {
 			panic(http.ErrAbortHandler)
 		}
 		http.ServeContent(w, r, "", mod, bytes.NewReader(data))
-	})}
-	go srv.Serve(ln)
-	defer srv.Close()
-	s := start(t, &base{url: "http://" + ln.Addr().String()}, nil)
+	})
+	s := start(t, b, nil)
 	resp, err := http.Get(s.url + "/f.bin")
 	if err != nil {
 		t.Fatal(err)
@@ -813,12 +821,8 @@ func TestPipelinedFloodIsBounded(t *testing.T) {
 func TestFarRangeOnColdFile(t *testing.T) {
 	data := randomBytes(40 << 20)
 	var ranged atomic.Int64
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	mod := time.Unix(1_700_000_000, 0)
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	b := handlerBase(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("ETag", `"v1"`)
 		if r.Method == http.MethodGet && r.Header.Get("Range") == "" {
 			// The whole file, slowly: about 1.3 s.
@@ -836,10 +840,8 @@ func TestFarRangeOnColdFile(t *testing.T) {
 			ranged.Add(1)
 		}
 		http.ServeContent(w, r, "", mod, bytes.NewReader(data))
-	})}
-	go srv.Serve(ln)
-	defer srv.Close()
-	s := start(t, &base{url: "http://" + ln.Addr().String()}, nil)
+	})
+	s := start(t, b, nil)
 	from := 36 << 20
 	resp, body := httpGet(t, s.url+"/f.bin", "Range", fmt.Sprintf("bytes=%d-", from))
 	if resp.StatusCode != 206 || !bytes.Equal(body, data[from:]) {
