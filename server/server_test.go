@@ -788,7 +788,7 @@ func TestPipelinedFloodIsBounded(t *testing.T) {
 	b.write(t, "/m.bin", body)
 	s := start(t, b, func(c *Config, _ *limiter.Config, _ *cache.Config) {})
 	httpGet(t, s.url+"/m.bin")
-	httpGet(t, s.url+"/m.bin") // now in memory
+	httpGet(t, s.url+"/m.bin") // the body is now held in memory
 	conn, err := net.Dial("tcp", s.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -803,6 +803,10 @@ func TestPipelinedFloodIsBounded(t *testing.T) {
 		conn.Write([]byte(req.String()))
 	}()
 	time.Sleep(300 * time.Millisecond)
+	// 12 MiB of answers do not fit the socket buffers: the server must have paused.
+	if answered := answeredOK(t, s.Server) - 2; answered >= n {
+		t.Errorf("all %d pipelined requests answered while the client read nothing", n)
+	}
 	br := bufio.NewReader(conn)
 	for i := range n {
 		resp, err := http.ReadResponse(br, nil)
@@ -854,4 +858,26 @@ func TestFarRangeOnColdFile(t *testing.T) {
 	if resp, body := httpGet(t, s.url+"/f.bin"); resp.StatusCode != 200 || !bytes.Equal(body, data) {
 		t.Fatalf("whole file after: %d, %d bytes", resp.StatusCode, len(body))
 	}
+}
+
+// answeredOK reads offload_requests_total{status="200"} from the server's registry.
+func answeredOK(t *testing.T, s *Server) float64 {
+	t.Helper()
+	families, err := s.metrics.registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "offload_requests_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "status" && l.GetValue() == "200" {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
