@@ -102,7 +102,8 @@ func (r *Request) Parse(buf []byte) (int, error) {
 	}
 	line, next, ok := cutLine(buf, pos)
 	if !ok {
-		if len(buf)-pos > MaxRequestLine {
+		// +1: the line's CR may have come without its LF yet.
+		if len(buf)-pos > MaxRequestLine+1 {
 			return 0, errLineTooLong
 		}
 		return 0, ErrNeedMore
@@ -120,7 +121,8 @@ func (r *Request) Parse(buf []byte) (int, error) {
 	for {
 		line, nn, ok := cutLine(buf, next)
 		if !ok {
-			if len(buf)-headStart > MaxHeaderBytes {
+			// +1: the CR of the blank line that ends the head may have come alone.
+			if len(buf)-headStart > MaxHeaderBytes+1 {
 				return 0, errHeadersTooLarge
 			}
 			return 0, ErrNeedMore
