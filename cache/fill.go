@@ -306,14 +306,14 @@ func (f *fill) get() (*Meta, io.ReadCloser, error) {
 // commit makes the .part file a complete entry: sync, rename, index.
 func (f *fill) commit(file *os.File, part, final string, small []byte) error {
 	c := f.c
-	if err := file.Sync(); err != nil {
+	if err := c.fsync(file); err != nil {
 		return fmt.Errorf("cache: commit %s: %w", f.key, err)
 	}
 	if err := os.Rename(part, final); err != nil {
 		return fmt.Errorf("cache: commit %s: %w", f.key, err)
 	}
 	if dir, err := os.Open(filepath.Dir(final)); err == nil {
-		_ = dir.Sync()
+		_ = c.fsync(dir)
 		dir.Close()
 	}
 	e := &entry{meta: f.meta, path: final}
