@@ -154,6 +154,10 @@ func checkSince(h []byte, modtime time.Time, unmodified bool) condResult {
 	if !ok {
 		return condNone
 	}
+	if !unmodified && t.After(time.Now()) {
+		// RFC 9110 §13.1.3: a date later than the server's clock is invalid; ignore it.
+		return condNone
+	}
 	notNewer := modtime.Truncate(time.Second).Compare(t) <= 0
 	if notNewer == unmodified {
 		return condTrue

@@ -89,6 +89,9 @@ func TestEvaluatePreconditions(t *testing.T) {
 		{"ims after", Request{IfModifiedSince: []byte(after)}, 304},
 		{"ims before", Request{IfModifiedSince: []byte(before)}, 200},
 		{"ims garbage", Request{IfModifiedSince: []byte("yesterday")}, 200},
+		// RFC 9110 §13.1.3: a date later than the server's clock is invalid and ignored.
+		{"ims in the future", Request{IfModifiedSince: []byte(time.Now().Add(time.Hour).UTC().Format(TimeFormat))}, 200},
+		{"ims just past", Request{IfModifiedSince: []byte(time.Now().Add(-2 * time.Second).UTC().Format(TimeFormat))}, 304},
 		{"ims rfc850", Request{IfModifiedSince: []byte("Wednesday, 01-May-24 12:00:00 GMT")}, 304},
 		{"if-match miss", Request{IfMatch: []byte(`"zz"`)}, 412},
 		{"if-match hit", Request{IfMatch: []byte(`"v1"`)}, 200},

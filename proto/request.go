@@ -47,6 +47,7 @@ var (
 	errDupLength       = fail(400, "more than one Content-Length")
 	errLengthAndTE     = fail(400, "both Content-Length and Transfer-Encoding")
 	errBody            = fail(400, "request body not allowed")
+	errMethod          = fail(405, "method not allowed: this server answers GET and HEAD")
 	errTE              = fail(501, "unsupported Transfer-Encoding")
 )
 
@@ -117,7 +118,7 @@ func (r *Request) Parse(buf []byte) (int, error) {
 	headStart := next
 	var haveLength, haveTE, chunked bool
 	var length int64
-	close := false
+	close, keepAlive := false, false
 	for {
 		line, nn, ok := cutLine(buf, next)
 		if !ok {
@@ -177,8 +178,11 @@ func (r *Request) Parse(buf []byte) (int, error) {
 			chunked = equalFold(value, "chunked")
 		case equalFold(name, "connection"):
 			forEachToken(value, func(tok []byte) {
-				if equalFold(tok, "close") {
+				switch {
+				case equalFold(tok, "close"):
 					close = true
+				case equalFold(tok, "keep-alive"):
+					keepAlive = true
 				}
 			})
 		case equalFold(name, "range"):
@@ -206,14 +210,18 @@ func (r *Request) Parse(buf []byte) (int, error) {
 		return 0, errLengthAndTE
 	case haveTE && !chunked:
 		return 0, errTE
+	case (haveTE || length > 0) && !r.IsGet() && !r.IsHead():
+		// The method is refused whatever the body: say so rather than blame the body.
+		return 0, errMethod
 	case haveTE, length > 0:
 		return 0, errBody
 	}
 	if r.Minor == 1 && r.Host == nil {
 		return 0, errNoHost
 	}
-	// HTTP/1.0 closes after each response, whatever it asks: DESIGN.md.
-	r.KeepAlive = r.Minor == 1 && !close
+	// HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only when it asks
+	// with "Connection: keep-alive" (as ab -k does), as nginx and Apache do.
+	r.KeepAlive = !close && (r.Minor == 1 || keepAlive)
 	return next, nil
 }
 

@@ -25,7 +25,9 @@ func TestParseValid(t *testing.T) {
 	}{
 		{"simple", "GET /a/b.iso HTTP/1.1\r\nHost: x\r\n\r\n", "/a/b.iso", "/a/b.iso", "", false, true, "x"},
 		{"http10 closes", "GET / HTTP/1.0\r\n\r\n", "/", "/", "", false, false, ""},
-		{"http10 keep-alive still closes", "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", "/", "/", "", false, false, ""},
+		{"http10 keep-alive honoured", "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", "/", "/", "", false, true, ""},
+		{"http10 keep-alive then close closes", "GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", "/", "/", "", false, false, ""},
+		{"http11 close token in a list", "GET / HTTP/1.1\r\nHost: a\r\nConnection: TE, Close\r\n\r\n", "/", "/", "", false, false, "a"},
 		{"connection close", "GET /x HTTP/1.1\r\nHost: h\r\nConnection: foo, close\r\n\r\n", "/x", "/x", "", false, false, "h"},
 		{"bare LF", "GET /x HTTP/1.1\nHost: h\n\n", "/x", "/x", "", false, true, "h"},
 		{"query", "GET /x?a=1 HTTP/1.1\r\nHost: h\r\n\r\n", "/x", "/x", "a=1", true, true, "h"},
