@@ -1,6 +1,7 @@
 package redirect
 
 import (
+	"net"
 	"strconv"
 	"strings"
 )
@@ -14,6 +15,25 @@ type Host struct {
 
 // URL is the redirect target for the raw request target uri.
 func (h Host) URL(uri string) string { return h.Scheme + "://" + h.Addr + uri }
+
+// name is the host part of Addr, without brackets.
+func (h Host) name() string {
+	if host, _, err := net.SplitHostPort(h.Addr); err == nil {
+		return host
+	}
+	return strings.Trim(h.Addr, "[]")
+}
+
+// port is the port of Addr, or the scheme's default.
+func (h Host) port() string {
+	if _, port, err := net.SplitHostPort(h.Addr); err == nil {
+		return port
+	}
+	if h.Scheme == "https" {
+		return "443"
+	}
+	return "80"
+}
 
 // ParseHost reads "[scheme://]host[:port] [weight]", the syntax of OffloadHost.
 func ParseHost(spec string) (Host, error) {

@@ -149,8 +149,14 @@ func TestConfigErrors(t *testing.T) {
 		{Hosts: []string{"x 0"}, Files: files},
 		{Hosts: []string{"x"}, Files: files, Pick: "random"},
 		{Hosts: []string{"x"}, Files: files, ExcludeAddresses: []string{"10.0.0.0/99"}},
-		{Hosts: []string{"no-such-host.invalid"}, Files: files},
+		{Hosts: []string{"x"}, Files: files, ExcludeAddresses: []string{"10.0.0.300"}},
+		{Hosts: []string{"x"}, Files: files, ExcludeAddresses: []string{"10.0.0.0-10.0.0.255"}},
+		{Hosts: []string{"x"}, Files: files, ExcludeAddresses: []string{"10.0.*.256"}},
+		{Hosts: []string{"x"}, Files: files, ExcludeAddresses: []string{"example.org"}},
+		{Hosts: []string{"x:8081", "x:8081"}, Files: files},
+		{Hosts: []string{"x", "http://x:80 2"}, Files: files},
 	} {
+		cfg.Resolve = func(string) ([]string, error) { return []string{"192.0.2.1"}, nil }
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)
 		}
