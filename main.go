@@ -27,6 +27,8 @@ func main() {
 		code = runDemo(args)
 	case "bench":
 		code = runBench(args)
+	case "hostcheck":
+		code = runHostcheck(args)
 	case "version", "-version", "--version":
 		fmt.Println("offload", version)
 	case "help", "-h", "-help", "--help":
@@ -46,6 +48,7 @@ commands:
   serve    run the offload server (offload serve -h for its flags)
   demo     run a base and an offload server on 127.0.0.1 and show a download
   bench    load-test an HTTP server (offload bench -h)
+  hostcheck  probe offload hosts, keep the base's host-down file (offload hostcheck -h)
   version  print the version
 `)
 }
