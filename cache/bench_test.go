@@ -22,7 +22,7 @@ func BenchmarkLookupHit(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer c.Close()
-			h, err := c.Get(context.Background(), "/f", "/f")
+			h, err := c.Get(context.Background(), "/f")
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -56,7 +56,7 @@ func BenchmarkFill(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		path := "/big-" + strconv.Itoa(i)
 		base.put(path, data)
-		h, err := c.Get(context.Background(), path, path)
+		h, err := c.Get(context.Background(), path)
 		if err != nil {
 			b.Fatal(err)
 		}

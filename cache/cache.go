@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,12 +32,19 @@ type Config struct {
 	Revalidate time.Duration // trust a checked entry this long; 0: HEAD on every request
 	MemBytes   int64         // memory for bodies of small files; default 64 MiB
 	SmallFile  int64         // largest body kept in memory; default 64 KiB
+	// Windows bounds the ranged fetches for readers far ahead of a fill, in all
+	// (default 16) and per client address (WindowsPerClient, default 2); a reader past
+	// either waits for the fill.
+	Windows, WindowsPerClient int
 	Logf       func(format string, args ...any)
 }
 
 // Stats counts what the cache did; read it with atomic loads.
 type Stats struct {
 	Hits, Misses, Stale, Fills, FillErrors, Heads, Gets, Evictions, Rejected atomic.Int64
+	// OpenFiles is the data-file descriptors open now (shared by their readers), and
+	// Windows the ranged fetches under way: both gauges.
+	OpenFiles, Windows atomic.Int64
 }
 
 // Cache is the disk cache of one base server. Its methods are safe for concurrent use.
@@ -59,26 +67,37 @@ type Cache struct {
 	// without a power cut can observe otherwise.
 	fsync func(*os.File) error
 
-	mu    sync.Mutex       // protects fills and heads
-	fills map[string]*fill // fills in progress, by key
-	heads map[string]*headCall
+	closeq chan *os.File // files for the closer goroutine: closeLater
+	stop   chan struct{} // closed by Close: ends the janitor
+
+	idleMu   sync.Mutex          // protects idle; taken after an entry's mu, never before
+	idle     map[*entry]struct{} // entries whose descriptor is open with no reader
+	idleOpen atomic.Int64        // len(idle), for a check without the lock
+
+	mu      sync.Mutex       // protects fills, heads and windows
+	fills   map[string]*fill // fills in progress, by key
+	heads   map[string]*headCall
+	windows map[netip.Addr]int // windows under way per client address
 }
 
 // entry is one committed version of a file: its data file and metadata.
 type entry struct {
+	c       *Cache
 	meta    Meta
 	path    string       // data file; unique per version, so removing it never hits another
 	checked atomic.Int64 // UnixNano of the last HEAD that confirmed it
 
-	mu   sync.Mutex // protects file
-	file *sharedFile
+	mu      sync.Mutex // protects file and removed; never held across I/O
+	file    *sharedFile
+	removed bool // the data file is unlinked: close its descriptor with the last reader
 }
 
 // sharedFile is one open descriptor shared by every reader of a version: sendfile takes
 // its own offset, so readers need no file position of their own.
 type sharedFile struct {
 	f    *os.File
-	refs int // guarded by the owner's mutex
+	refs int   // guarded by the owner's mutex
+	idle int64 // UnixNano when refs last fell to 0 (entries only; see keepOpen)
 }
 
 // Open makes the cache folder, scans it and returns the cache. Complete entries are
@@ -95,6 +114,12 @@ func Open(cfg Config) (*Cache, error) {
 	}
 	if cfg.SmallFile <= 0 {
 		cfg.SmallFile = 64 << 10
+	}
+	if cfg.Windows <= 0 {
+		cfg.Windows = 16
+	}
+	if cfg.WindowsPerClient <= 0 {
+		cfg.WindowsPerClient = 2
 	}
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "offload"
@@ -120,7 +145,10 @@ func Open(cfg Config) (*Cache, error) {
 		}
 	}
 	c := &Cache{cfg: cfg, host: up.base.Host, up: up, fills: map[string]*fill{}, heads: map[string]*headCall{},
-		fsync: (*os.File).Sync}
+		fsync: (*os.File).Sync, windows: map[netip.Addr]int{}, closeq: make(chan *os.File, 4096),
+		stop: make(chan struct{}), idle: map[*entry]struct{}{}}
+	go c.runCloser()
+	go c.runJanitor()
 	// Ten counters per entry the cache could hold at 1 MiB an entry; each costs about
 	// 3 bytes of memory, so the cap keeps an idle daemon small on a huge disk.
 	counters := cfg.MaxBytes / (1 << 20) * 10
@@ -165,6 +193,8 @@ func (c *Cache) Close() {
 	}
 	c.closed = true
 	c.shutting.Store(true)
+	close(c.stop)
+	c.closeIdle(true)
 	c.index.Close()
 	c.mem.Close()
 }
@@ -183,6 +213,13 @@ func (c *Cache) remove(e *entry) {
 		c.cfg.Logf("cache: remove %s: %v", e.path, err)
 	}
 	c.mem.Del(e.path)
+	e.mu.Lock()
+	e.removed = true
+	if e.file != nil && e.file.refs == 0 {
+		c.closeLater(e.file.f) // the disk space comes back with the last close
+		e.file = nil
+	}
+	e.mu.Unlock()
 }
 
 // scan indexes the complete entries under the cache folder and removes everything else.
@@ -250,7 +287,7 @@ func (c *Cache) loadEntry(path string) (*entry, error) {
 	if !strings.HasPrefix(filepath.Base(path), keyName(m.Key)+"-") {
 		return nil, fmt.Errorf("file name does not match key %s", m.Key)
 	}
-	return &entry{meta: *m, path: path}, nil
+	return &entry{c: c, meta: *m, path: path}, nil
 }
 
 // dataPath is where version gen of key lives: two levels of fan-out by hash.
@@ -271,6 +308,7 @@ type Handle struct {
 	release func(*sharedFile)
 	fill    *fill // nil once the body is complete on disk
 	base    int64 // body offset of the file's first body byte: non-zero for a window
+	end     int64 // a window's end (exclusive); 0 otherwise
 }
 
 // FileOffset is where body byte off is in the data file (Fd). A window handle holds
@@ -279,6 +317,14 @@ func (h *Handle) FileOffset(off int64) int64 { return HeaderSize + off - h.base 
 
 // Base is the first body byte the handle can give: 0 but for a window.
 func (h *Handle) Base() int64 { return h.base }
+
+// End is one past the last body byte the handle can give: Meta.Size but for a window.
+func (h *Handle) End() int64 {
+	if h.base > 0 {
+		return h.end
+	}
+	return h.Meta.Size
+}
 
 // Fd is the descriptor to sendfile from; the body starts at HeaderSize.
 func (h *Handle) Fd() int { return int(h.file.f.Fd()) }
@@ -340,40 +386,50 @@ func (c *Cache) Lookup(path string) *Handle {
 		c.Stats.Hits.Add(1)
 		return &Handle{Meta: e.meta, Body: body, Hit: true}
 	}
-	h, err := c.hit(e, false)
-	if err != nil {
+	// Only a descriptor already open for other readers: opening a file may wait for the
+	// disk, which the event loop must not; Get opens it off the loop.
+	sf := e.acquireOpen()
+	if sf == nil {
 		return nil
 	}
-	return h
+	c.Stats.Hits.Add(1)
+	return &Handle{Meta: e.meta, Hit: true, file: sf, release: e.releaseFile}
 }
 
 // Stat is Get for a HEAD request: the metadata of the current version, from the cache
 // when it is current, else from the base's HEAD, without filling anything. The handle
 // has no body.
-func (c *Cache) Stat(ctx context.Context, path, rawPath string) (*Handle, error) {
-	return c.get(ctx, path, rawPath, true, 0)
+func (c *Cache) Stat(ctx context.Context, path string) (*Handle, error) {
+	return c.get(ctx, path, true, 0, 0)
 }
 
 // Get returns a handle for path after asking the base whether the cached version is
-// current, starting a fill when it is not. rawPath is the path as the client escaped
-// it, which is what the base is asked for. Errors are *Error values to relay.
-func (c *Cache) Get(ctx context.Context, path, rawPath string) (*Handle, error) {
-	return c.get(ctx, path, rawPath, false, 0)
+// current, starting a fill when it is not. path is the cleaned, decoded request path
+// (proto.Request.Path): the key, and, encoded again, what the base is asked for.
+// Errors are *Error values to relay.
+func (c *Cache) Get(ctx context.Context, path string) (*Handle, error) {
+	return c.get(ctx, path, false, 0, 0)
 }
 
-// GetFrom is Get for a reader that wants the bytes from `from` on. When the file must be
-// filled and `from` is far past what the fill has landed, the reader gets a window of its
-// own, fetched with a Range request, while the fill goes on for the cache: it need not
-// wait for gigabytes to land first. Its handle's Base is then `from`.
-func (c *Cache) GetFrom(ctx context.Context, path, rawPath string, from int64) (*Handle, error) {
-	return c.get(ctx, path, rawPath, false, from)
+// GetFrom is Get for a reader that wants the bytes [from, end) (end 0: to the end of
+// the file). When the file must be filled and `from` is far past what the fill has
+// landed, the reader gets a window of its own, fetched with a Range request for just
+// those bytes, while the fill goes on for the cache: it need not wait for gigabytes to
+// land first. Its handle's Base is then `from`. A window stops fetching when its reader
+// leaves, and windows are capped in all and per client (WithClient).
+func (c *Cache) GetFrom(ctx context.Context, path string, from, end int64) (*Handle, error) {
+	return c.get(ctx, path, false, from, end)
 }
 
 // farAhead is how far past a fill's landed bytes a reader must ask before it gets a window.
 const farAhead = 16 << 20
 
-func (c *Cache) get(ctx context.Context, path, rawPath string, metaOnly bool, from int64) (*Handle, error) {
+func (c *Cache) get(ctx context.Context, path string, metaOnly bool, from, end int64) (*Handle, error) {
 	key := c.key(path)
+	tgt, err := target(path)
+	if err != nil {
+		return nil, &Error{Status: 400, Reason: "bad path", Err: err}
+	}
 	fromCache := func(e *entry, stale bool) (*Handle, error) {
 		if metaOnly {
 			return &Handle{Meta: e.meta, Stale: stale, Hit: true}, nil
@@ -387,7 +443,7 @@ func (c *Cache) get(ctx context.Context, path, rawPath string, metaOnly bool, fr
 		}
 		e = nil // evicted between the lookup and the open: fill again
 	}
-	m, err := c.head(ctx, key, rawPath)
+	m, err := c.head(ctx, key, tgt)
 	if err != nil {
 		var ue *Error
 		switch {
@@ -412,14 +468,19 @@ func (c *Cache) get(ctx context.Context, path, rawPath string, metaOnly bool, fr
 		return &Handle{Meta: *m}, nil
 	}
 	c.Stats.Misses.Add(1)
-	f := c.startFill(key, rawPath, m)
-	if from > 0 && from < m.Size && from > f.landed()+farAhead {
-		h, err := c.startWindow(key, rawPath, m, from).handle(ctx)
-		if err == nil {
-			f.unreserve()
-			return h, nil
+	f := c.startFill(key, tgt, m)
+	if end <= 0 || end > m.Size {
+		end = m.Size
+	}
+	if from > 0 && from < end && from > f.landed()+farAhead {
+		if w := c.startWindow(ctx, key, tgt, m, from, end); w != nil {
+			h, err := w.handle(ctx)
+			if err == nil {
+				f.unreserve()
+				return h, nil
+			}
+			c.cfg.Logf("cache: %s: no window from %d (%v); the reader waits for the fill", key, from, err)
 		}
-		c.cfg.Logf("cache: %s: no window from %d (%v); the reader waits for the fill", key, from, err)
 	}
 	return f.handle(ctx)
 }
@@ -452,28 +513,131 @@ func (c *Cache) hit(e *entry, stale bool) (*Handle, error) {
 	return h, nil
 }
 
+// acquire takes a reference on the entry's shared descriptor, opening the file if no
+// reader has it open. e.mu is never held across the open, so the event loop (which
+// takes it in acquireOpen and releaseFile) never waits for the disk.
 func (e *entry) acquire() (*sharedFile, error) {
+	if sf := e.acquireOpen(); sf != nil {
+		return sf, nil
+	}
+	f, err := os.Open(e.path)
+	if err != nil {
+		return nil, err
+	}
+	e.c.Stats.OpenFiles.Add(1)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.file == nil {
-		f, err := os.Open(e.path)
-		if err != nil {
-			return nil, err
-		}
-		e.file = &sharedFile{f: f}
+	if e.file != nil {
+		// Opened by another reader meanwhile: share theirs.
+		e.c.closeLater(f)
+		e.file.refs++
+		return e.file, nil
 	}
-	e.file.refs++
+	e.file = &sharedFile{f: f, refs: 1}
 	return e.file, nil
 }
 
+// acquireOpen is acquire when the descriptor is open already, else nil: no I/O.
+func (e *entry) acquireOpen() *sharedFile {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.file == nil {
+		return nil
+	}
+	e.file.refs++
+	return e.file
+}
+
+// releaseFile drops a reference. The descriptor of a current entry stays open for
+// keepOpen after its last reader (so that Lookup, on the event loop, finds it open
+// next time); closeIdle closes it after that. A removed entry's closes at once.
 func (e *entry) releaseFile(sf *sharedFile) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	sf.refs--
-	if sf.refs == 0 {
-		sf.f.Close()
+	if sf.refs > 0 {
+		return
+	}
+	if e.file != sf || e.removed || e.c.idleOpen.Load() >= maxIdleOpen {
+		e.c.closeLater(sf.f)
 		if e.file == sf {
 			e.file = nil
+		}
+		return
+	}
+	sf.idle = time.Now().UnixNano()
+	e.c.idleOpen.Add(1)
+	e.c.idleMu.Lock()
+	e.c.idle[e] = struct{}{}
+	e.c.idleMu.Unlock()
+}
+
+// keepIdle gives a new entry a descriptor of its own, a dup of the fill's, kept open
+// as if its last reader had just left: the next Lookup finds it open.
+func (c *Cache) keepIdle(e *entry, f *os.File) {
+	if c.idleOpen.Load() >= maxIdleOpen {
+		return
+	}
+	fd, err := unix.Dup(int(f.Fd()))
+	if err != nil {
+		return
+	}
+	unix.CloseOnExec(fd)
+	c.Stats.OpenFiles.Add(1)
+	e.file = &sharedFile{f: os.NewFile(uintptr(fd), e.path), idle: time.Now().UnixNano()}
+	c.idleOpen.Add(1)
+	c.idleMu.Lock()
+	c.idle[e] = struct{}{}
+	c.idleMu.Unlock()
+}
+
+// keepOpen is how long a data file stays open after its last reader, and maxIdleOpen
+// how many may be open so with no reader, so idle descriptors never crowd out sockets.
+const (
+	keepOpen    = 10 * time.Second
+	maxIdleOpen = 1024
+)
+
+// closeIdle closes the descriptors that have had no reader for keepOpen; all of them
+// when all is set.
+func (c *Cache) closeIdle(all bool) {
+	now := time.Now().UnixNano()
+	c.idleMu.Lock()
+	idle := make([]*entry, 0, len(c.idle))
+	for e := range c.idle {
+		idle = append(idle, e)
+	}
+	c.idleMu.Unlock()
+	for _, e := range idle {
+		e.mu.Lock()
+		sf := e.file
+		switch {
+		case sf == nil || sf.refs > 0:
+			// Closed since, or taken up again by a reader.
+		case all || e.removed || now-sf.idle > int64(keepOpen):
+			c.closeLater(sf.f)
+			e.file = nil
+		default:
+			e.mu.Unlock()
+			continue
+		}
+		c.idleMu.Lock()
+		delete(c.idle, e)
+		c.idleMu.Unlock()
+		c.idleOpen.Add(-1)
+		e.mu.Unlock()
+	}
+}
+
+func (c *Cache) runJanitor() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+			c.closeIdle(false)
 		}
 	}
 }
@@ -495,7 +659,7 @@ type headCall struct {
 }
 
 // head asks the base about key once however many callers ask at the same moment.
-func (c *Cache) head(ctx context.Context, key, rawPath string) (*Meta, error) {
+func (c *Cache) head(ctx context.Context, key, tgt string) (*Meta, error) {
 	c.mu.Lock()
 	if call, ok := c.heads[key]; ok {
 		c.mu.Unlock()
@@ -516,7 +680,7 @@ func (c *Cache) head(ctx context.Context, key, rawPath string) (*Meta, error) {
 
 	c.Stats.Heads.Add(1)
 	// The HEAD serves every waiter, so it does not die with the first caller's request.
-	call.meta, call.err = c.up.head(context.WithoutCancel(ctx), rawPath)
+	call.meta, call.err = c.up.head(context.WithoutCancel(ctx), tgt)
 	c.mu.Lock()
 	delete(c.heads, key)
 	c.mu.Unlock()

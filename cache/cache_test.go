@@ -67,7 +67,7 @@ func get(t *testing.T, c *Cache, path string) (*Handle, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return c.Get(ctx, path, path)
+	return c.Get(ctx, path)
 }
 
 func mustGet(t *testing.T, c *Cache, path string, want []byte) *Handle {
@@ -130,7 +130,7 @@ func TestEscapedPathReachesBase(t *testing.T) {
 	data := content(raw, 10000, 1)
 	b.put(raw, data)
 	c := openCache(t, b, t.TempDir(), nil)
-	h, err := c.Get(context.Background(), "/files/a b+é.bin", raw)
+	h, err := c.Get(context.Background(), "/files/a b+é.bin")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -613,7 +613,7 @@ func TestWindowForFarRange(t *testing.T) {
 	from := int64(20 << 20)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	h, err := c.GetFrom(ctx, "/slow", "/slow", from)
+	h, err := c.GetFrom(ctx, "/slow", from, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

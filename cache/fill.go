@@ -14,11 +14,16 @@ import (
 // it. However many clients ask for a cold file, one fill (one GET) serves them all.
 type fill struct {
 	c       *Cache
-	key     string
-	rawPath string
-	want    *Meta         // what the HEAD said; the GET must agree
-	from    int64         // 0 for a whole file; else a window: the bytes from here, never cached
-	ready   chan struct{} // closed when meta and file are set, or the fill failed first
+	key    string
+	target string        // the base's request-target for key (see target)
+	want   *Meta         // what the HEAD said; the GET must agree
+	from   int64         // 0 for a whole file; else a window of [from, end), never cached
+	end    int64         // a window's end; the file's size otherwise
+	ready  chan struct{} // closed when meta and file are set, or the fill failed first
+	ctx    context.Context
+	// cancel ends a window's GET once no reader is left; nil for a whole-file fill,
+	// which goes on for the cache.
+	cancel context.CancelFunc
 
 	// Set before ready is closed, read-only after.
 	meta Meta
@@ -33,14 +38,15 @@ type fill struct {
 }
 
 // startFill joins the fill in progress for key or starts one.
-func (c *Cache) startFill(key, rawPath string, want *Meta) *fill {
+func (c *Cache) startFill(key, tgt string, want *Meta) *fill {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f := c.fills[key]; f != nil {
 		f.reserve()
 		return f
 	}
-	f := &fill{c: c, key: key, rawPath: rawPath, want: want, ready: make(chan struct{}), reserved: 1}
+	f := &fill{c: c, key: key, target: tgt, want: want, end: want.Size, ready: make(chan struct{}), reserved: 1,
+		ctx: context.Background()}
 	c.fills[key] = f
 	c.Stats.Fills.Add(1)
 	go f.run()
@@ -73,7 +79,7 @@ func (f *fill) handle(ctx context.Context) (*Handle, error) {
 		return nil, f.err
 	}
 	f.file.refs++
-	return &Handle{Meta: f.meta, file: f.file, release: f.releaseFile, fill: f, base: f.from}, nil
+	return &Handle{Meta: f.meta, file: f.file, release: f.releaseFile, fill: f, base: f.from, end: f.end}, nil
 }
 
 // unreserve gives back a place taken by startFill without opening a handle.
@@ -90,11 +96,33 @@ func (f *fill) landed() int64 {
 	return n
 }
 
-// startWindow starts a fill of the bytes from `from` on, for one reader that asked for
-// a range far past what the file's fill has landed. It is not shared and not cached.
-func (c *Cache) startWindow(key, rawPath string, want *Meta, from int64) *fill {
-	f := &fill{c: c, key: key, rawPath: rawPath, want: want, from: from, ready: make(chan struct{}), reserved: 1}
-	go f.run()
+// startWindow starts a fill of the bytes [from, end), for one reader that asked for a
+// range far past what the file's fill has landed. It is not shared and not cached, and
+// it stops when its reader leaves. It returns nil when the windows in all, or those of
+// the client named in ctx, are at their cap: the reader then waits for the fill.
+func (c *Cache) startWindow(ctx context.Context, key, tgt string, want *Meta, from, end int64) *fill {
+	client := clientOf(ctx)
+	c.mu.Lock()
+	if c.Stats.Windows.Load() >= int64(c.cfg.Windows) || c.windows[client] >= c.cfg.WindowsPerClient {
+		c.mu.Unlock()
+		return nil
+	}
+	c.windows[client]++
+	c.Stats.Windows.Add(1)
+	c.mu.Unlock()
+	wctx, cancel := context.WithCancel(context.Background())
+	f := &fill{c: c, key: key, target: tgt, want: want, from: from, end: end, ready: make(chan struct{}), reserved: 1,
+		ctx: wctx, cancel: cancel}
+	go func() {
+		f.run()
+		cancel()
+		c.mu.Lock()
+		if c.windows[client]--; c.windows[client] <= 0 {
+			delete(c.windows, client)
+		}
+		c.Stats.Windows.Add(-1)
+		c.mu.Unlock()
+	}()
 	return f
 }
 
@@ -105,10 +133,17 @@ func (f *fill) releaseFile(sf *sharedFile) {
 	f.closeIfUnused()
 }
 
-// closeIfUnused closes the file once no reader holds it and none is on its way; f.mu is held.
+// closeIfUnused closes the file once no reader holds it and none is on its way, and
+// ends a window's GET once only the fill itself holds it; f.mu is held.
 func (f *fill) closeIfUnused() {
-	if f.file != nil && f.file.refs == 0 && f.reserved == 0 && f.file.f != nil {
-		f.file.f.Close()
+	if f.reserved != 0 || f.file != nil && f.file.refs > 1 {
+		return
+	}
+	if f.cancel != nil {
+		f.cancel()
+	}
+	if f.file != nil && f.file.refs == 0 && f.file.f != nil {
+		f.c.closeLater(f.file.f)
 		f.file.f = nil
 	}
 }
@@ -204,6 +239,7 @@ func (f *fill) run() {
 		fail(&Error{Status: 500, Reason: "cache folder not writable", Err: err})
 		return
 	}
+	c.Stats.OpenFiles.Add(1)
 	cacheable := m.Size <= c.cfg.MaxBytes && f.from == 0
 	if !cacheable {
 		// Larger than the whole cache, or a window: stream it through an unlinked file.
@@ -211,7 +247,7 @@ func (f *fill) run() {
 		part = ""
 	}
 	if _, err := file.WriteAt(header, 0); err != nil {
-		file.Close()
+		c.closeLater(file)
 		fail(&Error{Status: 500, Reason: "cache write failed", Err: err})
 		return
 	}
@@ -222,7 +258,7 @@ func (f *fill) run() {
 	close(f.ready)
 	defer f.releaseFile(f.file)
 
-	expected := m.Size - f.from // the bytes this fill writes
+	expected := f.end - f.from // the bytes this fill writes
 	var small []byte
 	if cacheable && m.Size <= c.cfg.SmallFile {
 		small = make([]byte, 0, m.Size)
@@ -279,10 +315,10 @@ func (f *fill) run() {
 // get sends the GET and checks that it describes the version the HEAD did. When the base
 // changed the file in between, it asks again (a few times) rather than mix versions.
 func (f *fill) get() (*Meta, io.ReadCloser, error) {
-	ctx := context.Background()
+	ctx := f.ctx
 	for attempt := 0; ; attempt++ {
 		f.c.Stats.Gets.Add(1)
-		m, resp, err := f.c.up.get(ctx, f.rawPath, f.from, f.want)
+		m, resp, err := f.c.up.get(ctx, f.target, f.from, f.end, f.want)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -295,11 +331,11 @@ func (f *fill) get() (*Meta, io.ReadCloser, error) {
 		}
 		f.c.cfg.Logf("cache: %s changed on the base during the fill; asking again", f.key)
 		f.c.Stats.Heads.Add(1)
-		want, err := f.c.up.head(ctx, f.rawPath)
+		want, err := f.c.up.head(ctx, f.target)
 		if err != nil {
 			return nil, nil, err
 		}
-		f.want = want
+		f.want, f.end = want, want.Size // a window never asks again (above)
 	}
 }
 
@@ -316,12 +352,15 @@ func (f *fill) commit(file *os.File, part, final string, small []byte) error {
 		_ = c.fsync(dir)
 		dir.Close()
 	}
-	e := &entry{meta: f.meta, path: final}
+	e := &entry{c: c, meta: f.meta, path: final}
 	e.checked.Store(time.Now().UnixNano())
 	c.closing.RLock()
 	defer c.closing.RUnlock()
 	if c.closed {
 		return nil // on disk and complete: the next start indexes it
+	}
+	if small == nil {
+		c.keepIdle(e, file)
 	}
 	old, _ := c.index.Get(f.key)
 	if !c.index.Set(f.key, e, f.meta.Size) {

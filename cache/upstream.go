@@ -77,13 +77,18 @@ func newUpstream(cfg *Config) (*upstream, error) {
 	}, nil
 }
 
-// request builds a request for rawPath, the path exactly as the client escaped it.
-func (u *upstream) request(ctx context.Context, method, rawPath string) (*http.Request, error) {
+// request builds a request for tgt, an origin-form target made by target(): always
+// "/" followed by anything but a second "/", so net/http sends it as it is and never
+// as the absolute-form a leading "//" would give.
+func (u *upstream) request(ctx context.Context, method, tgt string) (*http.Request, error) {
+	if !strings.HasPrefix(tgt, "/") || strings.HasPrefix(tgt, "//") {
+		return nil, fmt.Errorf("cache: request-target %q is not origin-form", tgt)
+	}
 	req, err := http.NewRequestWithContext(ctx, method, u.base.Scheme+"://"+u.base.Host+"/", nil)
 	if err != nil {
 		return nil, err
 	}
-	req.URL.Opaque = rawPath // sent verbatim as the request-target
+	req.URL.Opaque = tgt // sent verbatim as the request-target
 	req.URL.Path, req.URL.RawPath = "", ""
 	req.Host = u.base.Host
 	req.Header.Set("User-Agent", u.userAgent)
@@ -91,12 +96,12 @@ func (u *upstream) request(ctx context.Context, method, rawPath string) (*http.R
 	return req, nil
 }
 
-// head asks the base about rawPath. A nil error means a 200 with a length and a
+// head asks the base about tgt. A nil error means a 200 with a length and a
 // validator; anything else is an *Error saying what to tell the client.
-func (u *upstream) head(ctx context.Context, rawPath string) (*Meta, error) {
+func (u *upstream) head(ctx context.Context, tgt string) (*Meta, error) {
 	u.heads <- struct{}{}
 	defer func() { <-u.heads }()
-	req, err := u.request(ctx, http.MethodHead, rawPath)
+	req, err := u.request(ctx, http.MethodHead, tgt)
 	if err != nil {
 		return nil, &Error{Status: 400, Reason: "bad path", Err: err}
 	}
@@ -108,21 +113,21 @@ func (u *upstream) head(ctx context.Context, rawPath string) (*Meta, error) {
 	return describe(resp)
 }
 
-// get starts the body of rawPath; the caller reads and closes resp.Body. The body is
+// get starts the body of tgt; the caller reads and closes resp.Body. The body is
 // read with an idle timeout: a base that stops sending for the timeout fails the read.
 //
-// With from > 0 it asks for the bytes from there on (If-Range: want's validator, so a
-// changed file does not mix versions) and accepts only a 206 for exactly that range; the
-// Meta then describes the whole file.
-func (u *upstream) get(ctx context.Context, rawPath string, from int64, want *Meta) (*Meta, *http.Response, error) {
+// With from > 0 it asks for the bytes [from, end) (If-Range: want's validator, so a
+// changed file does not mix versions) and accepts only a 206 for exactly that range;
+// the Meta then describes the whole file.
+func (u *upstream) get(ctx context.Context, tgt string, from, end int64, want *Meta) (*Meta, *http.Response, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	req, err := u.request(ctx, http.MethodGet, rawPath)
+	req, err := u.request(ctx, http.MethodGet, tgt)
 	if err != nil {
 		cancel()
 		return nil, nil, &Error{Status: 400, Reason: "bad path", Err: err}
 	}
 	if from > 0 {
-		req.Header.Set("Range", "bytes="+strconv.FormatInt(from, 10)+"-")
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(from, 10)+"-"+strconv.FormatInt(end-1, 10))
 		if want.ETag != "" && !proto.IsWeakETag(want.ETag) {
 			req.Header.Set("If-Range", want.ETag)
 		} else {
@@ -135,8 +140,9 @@ func (u *upstream) get(ctx context.Context, rawPath string, from int64, want *Me
 		return nil, nil, downError(err)
 	}
 	if from > 0 {
-		start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
-		if resp.StatusCode != http.StatusPartialContent || !ok || start != from || resp.ContentLength != total-from {
+		first, last, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		if resp.StatusCode != http.StatusPartialContent || !ok || first != from || last != end-1 ||
+			resp.ContentLength != end-from || total != want.Size {
 			resp.Body.Close()
 			cancel()
 			return nil, nil, &Error{Status: 502, Reason: "base did not answer the range asked for"}
@@ -233,22 +239,22 @@ func describe(resp *http.Response) (*Meta, error) {
 	return m, nil
 }
 
-// parseContentRange reads "bytes FIRST-LAST/TOTAL" and checks that LAST is the end.
-func parseContentRange(v string) (start, total int64, ok bool) {
+// parseContentRange reads "bytes FIRST-LAST/TOTAL" of a satisfied range.
+func parseContentRange(v string) (first, last, total int64, ok bool) {
 	rest, found := strings.CutPrefix(v, "bytes ")
 	if !found {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
 	span, size, found := strings.Cut(rest, "/")
-	first, last, found2 := strings.Cut(span, "-")
+	fs, ls, found2 := strings.Cut(span, "-")
 	if !found || !found2 {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
-	a, err1 := strconv.ParseInt(first, 10, 64)
-	b, err2 := strconv.ParseInt(last, 10, 64)
+	a, err1 := strconv.ParseInt(fs, 10, 64)
+	b, err2 := strconv.ParseInt(ls, 10, 64)
 	n, err3 := strconv.ParseInt(size, 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil || a < 0 || b != n-1 || a > b {
-		return 0, 0, false
+	if err1 != nil || err2 != nil || err3 != nil || a < 0 || a > b || b >= n {
+		return 0, 0, 0, false
 	}
-	return a, n, true
+	return a, b, n, true
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"math"
 	"net/netip"
 	"strconv"
@@ -22,9 +24,10 @@ import (
 
 // The phases of a connection.
 const (
-	phaseRead = iota // reading a request head
-	phaseWait        // the cache is asking the base; conn.fetch wakes us with a result
-	phaseSend        // sending a body from a file
+	phaseRead   = iota // reading a request head
+	phaseWait          // the cache is asking the base; conn.fetch wakes us with a result
+	phaseSend          // sending a body from a file
+	phaseLinger        // answered and half-closed: reading what the client still sends, then closing
 )
 
 // maxPerTurn bounds the bytes one connection sends per event-loop turn, so one fast
@@ -36,12 +39,17 @@ const maxPerTurn = 1 << 20
 // 0.9x, 4 MiB 0.8x: smaller calls let the receiver start on the first bytes sooner.
 const maxPerCall = 256 << 10
 
-// maxPipelined bounds the bytes a client may send ahead while a response is under way.
-const maxPipelined = 64 << 10
+// maxInbound bounds the bytes a client may send that we have not parsed yet: requests
+// pipelined while a response is under way or waits for the client to read. A client
+// past it is closed. gnet reads up to its read buffer (64 KiB) before we can check, so
+// one connection holds at most maxInbound + 64 KiB of input.
+const maxInbound = 64 << 10
 
-// maxQueued bounds the answers gnet may hold for a client that pipelines requests for
-// small files (answered from memory) faster than it reads them.
-const maxQueued = 256 << 10
+// lingerTime is how long a connection we close after an answer goes on reading (and
+// dropping) what the client still sends, so that the kernel does not answer that input
+// with a reset that destroys the answer before the client reads it ("lingering close",
+// as nginx and Apache do). The client's own close ends it sooner.
+const lingerTime = 5 * time.Second
 
 // result is the cache's answer, handed from conn.fetch to the event loop.
 type result struct {
@@ -49,10 +57,22 @@ type result struct {
 	err error
 }
 
+// errBlocked means the socket is full: the write poller wakes the connection later.
+var errBlocked = errors.New("server: socket full")
+
 // conn is one client connection. All of it but the atomics belongs to the event loop.
-// Its size is most of a slow download's memory: about 600 bytes on amd64, of which the
+// Its size is most of a slow download's memory: about 650 bytes on amd64, of which the
 // parsed request is 330 (slice headers that point into gnet's buffer, and the path's
 // own backing array) and everything else a few words each, as noted.
+//
+// What one connection can hold at most, whatever the client does: this struct; its
+// unparsed input, up to maxInbound plus one gnet read (closed past that); a request
+// head of at most proto.MaxRequestLine + proto.MaxHeaderBytes while it arrives; and
+// output the socket did not take yet — at most one response head and, for a body from
+// memory, a reference to the cached bytes (a multi-range body from memory is copied:
+// at most 64 KiB of parts plus 64 part heads). No next request is read before that
+// output is out, so pipelined answers never pile up. A body from a file is never
+// buffered: sendfile moves it when the socket can take it.
 type conn struct {
 	srv    *Server    // 8 B
 	gc     gnet.Conn  // 16 B
@@ -63,8 +83,10 @@ type conn struct {
 	phase     uint8
 	keepAlive bool
 	head      bool // HEAD request: no body
-	copyMode  bool // send with pread and Write: sendfile is off or failed here
+	copyMode  bool // send with pread and write: sendfile is off or failed here
 	reading   bool // part of a request head has arrived
+	failed    bool // a write to the client failed: close, send nothing more
+	shut      bool // lingering: our side is shut down for writing
 
 	deadline atomic.Int64 // 8 B: UnixNano after which the sweeper closes us; 0: none
 	idle     atomic.Bool  // between requests: closed at once when draining
@@ -76,6 +98,10 @@ type conn struct {
 	req    proto.Request              // ~330 B
 	held   *bytebufferpool.ByteBuffer // 8 B: copy of the head while phaseWait
 	cancel context.CancelFunc         // 8 B: ends the cache request if we close first
+
+	// Output the socket did not take yet: out first, then outBody. Both nil when none.
+	out     *bytebufferpool.ByteBuffer // 8 B
+	outBody []byte                     // 24 B: immutable bytes (a cached body); never copied
 
 	// The response under way.
 	h      *cache.Handle // 8 B
@@ -111,13 +137,44 @@ func (c *conn) setDeadline(d time.Duration) {
 	c.deadline.Store(time.Now().Add(d).UnixNano())
 }
 
-// serve advances the state machine as far as it can without blocking.
+// serve advances the state machine as far as it can without blocking. It runs on the
+// connection's loop only (OnTraffic, or the callback of the cache's answer), and gnet
+// closes the connection only after it returns gnet.Close: see emit for why that holds.
 func (c *conn) serve() gnet.Action {
 	c.wakeQueued.Store(false)
+	if c.failed {
+		return gnet.Close
+	}
+	act := c.advance()
+	if c.failed || act == gnet.Close {
+		// gnet closes it once we return (or, from onResult, once the queued Close
+		// runs); until then every turn answers Close again and does nothing else.
+		c.failed = true
+		return gnet.Close
+	}
+	return act
+}
+
+func (c *conn) advance() gnet.Action {
+	if c.phase == phaseLinger {
+		return c.linger()
+	}
+	// Output the socket did not take yet goes before anything else.
+	if c.outPending() {
+		switch err := c.flush(); {
+		case err == errBlocked:
+			return c.checkInbound()
+		case err != nil:
+			return gnet.Close
+		}
+	}
 	if r := c.pending.Swap(nil); r != nil {
 		c.resume(r) // writes the head
-		if c.phase == phaseRead && (!c.keepAlive || c.srv.draining.Load()) {
+		if c.failed {
 			return gnet.Close
+		}
+		if c.phase == phaseRead && c.closeAfterAnswer() {
+			return c.linger()
 		}
 		if c.phase == phaseSend {
 			// The body waits for a normal turn, so that every head ready now goes first.
@@ -128,35 +185,32 @@ func (c *conn) serve() gnet.Action {
 	for {
 		switch c.phase {
 		case phaseWait:
-			return c.checkPipelined()
+			return c.checkInbound()
 		case phaseSend:
 			switch c.send() {
 			case sendBlocked:
-				return c.checkPipelined()
+				return c.checkInbound()
 			case sendFailed:
 				return gnet.Close
 			}
 			c.finish()
-			if !c.keepAlive || c.srv.draining.Load() {
+			if c.closeAfterAnswer() {
+				return c.linger()
+			}
+		}
+		// phaseRead: the next request only once the last answer is out, so that a
+		// client that pipelines without reading holds one answer, not thousands.
+		if c.outPending() {
+			switch err := c.flush(); {
+			case err == errBlocked:
+				return c.checkInbound()
+			case err != nil:
 				return gnet.Close
 			}
 		}
-		// phaseRead
 		buf, _ := c.gc.Peek(-1)
 		if len(buf) == 0 {
 			return gnet.None
-		}
-		if c.gc.OutboundBuffered() > maxQueued {
-			// Pipelined requests whose answers the client does not read: answer no more
-			// until gnet has passed these on, so memory stays bounded.
-			_ = c.gc.Flush()
-			if c.gc.OutboundBuffered() > maxQueued {
-				c.setDeadline(c.srv.cfg.Timeout)
-				if c.waitWritable() == sendFailed {
-					return gnet.Close
-				}
-				return gnet.None
-			}
 		}
 		n, err := c.req.Parse(buf)
 		if err == proto.ErrNeedMore {
@@ -176,15 +230,52 @@ func (c *conn) serve() gnet.Action {
 			}
 			c.keepAlive, c.head = false, false
 			c.startLog(buf)
-			c.text(pe.Status, pe.Reason, "")
-			return gnet.Close
+			allow := ""
+			if pe.Status == 405 {
+				allow = "GET, HEAD"
+			}
+			c.text(pe.Status, pe.Reason, allow)
+			return c.linger() // the client may still be sending: let the answer reach it
 		}
 		c.begin(buf[:n])
 		_, _ = c.gc.Discard(n)
-		if c.phase == phaseRead && (!c.keepAlive || c.srv.draining.Load()) {
-			return gnet.Close // answered at once (an error, robots.txt, a memory hit)
+		if c.failed {
+			return gnet.Close
+		}
+		if c.phase == phaseRead && c.closeAfterAnswer() {
+			return c.linger() // answered at once (an error, robots.txt, a memory hit)
 		}
 	}
+}
+
+// closeAfterAnswer says whether the connection ends after the answer just given.
+func (c *conn) closeAfterAnswer() bool { return !c.keepAlive || c.srv.draining.Load() }
+
+// linger ends a connection after an answer: once the answer is out, shut down our
+// side for writing, then read and drop whatever the client still sends until it
+// closes or lingerTime passes (the sweeper closes it then).
+func (c *conn) linger() gnet.Action {
+	if c.phase != phaseLinger {
+		c.phase = phaseLinger
+		c.idle.Store(true) // a drain closes it at once
+		c.setDeadline(lingerTime)
+	}
+	if c.outPending() {
+		switch err := c.flush(); {
+		case err == errBlocked:
+			return gnet.None // the deadline bounds the wait
+		case err != nil:
+			return gnet.Close
+		}
+	}
+	if !c.shut {
+		c.shut = true
+		if err := unix.Shutdown(c.gc.Fd(), unix.SHUT_WR); err != nil {
+			return gnet.Close
+		}
+	}
+	_, _ = c.gc.Discard(-1)
+	return gnet.None
 }
 
 // between readies the connection for the next request.
@@ -193,9 +284,9 @@ func (c *conn) between() {
 	c.setDeadline(c.srv.cfg.IdleTimeout)
 }
 
-// checkPipelined closes a client that piles up requests while one is under way.
-func (c *conn) checkPipelined() gnet.Action {
-	if c.gc.InboundBuffered() > maxPipelined {
+// checkInbound closes a client that piles up input while it cannot be served.
+func (c *conn) checkInbound() gnet.Action {
+	if c.gc.InboundBuffered() > maxInbound {
 		return gnet.Close
 	}
 	return gnet.None
@@ -243,33 +334,40 @@ func (c *conn) begin(raw []byte) {
 	c.phase = phaseWait
 	c.srv.metrics.inflight.Add(1) // a drain waits for this answer too
 	c.setDeadline(0)              // the cache's own timeouts bound the wait
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(cache.WithClient(context.Background(), c.client))
 	c.cancel = cancel
-	go c.fetch(ctx, string(r.Path), string(r.RawPath), c.head, wantFrom(r))
+	from, end := wantRange(r)
+	go c.fetch(ctx, string(r.Path), c.head, from, end)
 }
 
-// wantFrom is where a single "bytes=N-" or "bytes=N-M" range without If-Range starts: a
-// reader the cache may serve from a window of its own when the fill is far behind N.
-func wantFrom(r *proto.Request) int64 {
+// wantRange is the one range of a single "bytes=N-" or "bytes=N-M" range without
+// If-Range, as [from, end) with end 0 for "to the end": a reader the cache may serve
+// from a window of its own when the fill is far behind N.
+func wantRange(r *proto.Request) (from, end int64) {
 	if len(r.Range) == 0 || len(r.IfRange) > 0 {
-		return 0
+		return 0, 0
 	}
 	var buf [1]proto.Range
 	ranges, err := proto.ParseRange(r.Range, math.MaxInt64, buf[:0])
 	if err != nil || len(ranges) != 1 || bytes.Contains(r.Range, []byte("=-")) || bytes.IndexByte(r.Range, ',') >= 0 {
-		return 0
+		return 0, 0
 	}
-	return ranges[0].Start
+	if ranges[0].Start+ranges[0].Length < math.MaxInt64 {
+		end = ranges[0].Start + ranges[0].Length // "N-M": the client gave an end
+	}
+	return ranges[0].Start, end
 }
 
-// fetch runs in its own goroutine: it may block on the base, the loop must not.
-func (c *conn) fetch(ctx context.Context, path, rawPath string, head bool, from int64) {
+// fetch runs in its own goroutine: it may block on the base, the loop must not. path
+// is the cleaned path: the cache builds the base's request from it, never from the
+// client's bytes.
+func (c *conn) fetch(ctx context.Context, path string, head bool, from, end int64) {
 	var h *cache.Handle
 	var err error
 	if head {
-		h, err = c.srv.cfg.Cache.Stat(ctx, path, rawPath) // a HEAD needs the metadata, not a fill
+		h, err = c.srv.cfg.Cache.Stat(ctx, path) // a HEAD needs the metadata, not a fill
 	} else {
-		h, err = c.srv.cfg.Cache.GetFrom(ctx, path, rawPath, from)
+		h, err = c.srv.cfg.Cache.GetFrom(ctx, path, from, end)
 	}
 	c.pending.Store(&result{h: h, err: err})
 	if c.closed.Load() {
@@ -380,26 +478,28 @@ func (c *conn) respond(h *cache.Handle) {
 		case len(ranges) == 1:
 			body = h.Body[ranges[0].Start : ranges[0].Start+ranges[0].Length]
 		default:
+			headLen := len(buf.B)
 			for i, r := range ranges {
 				buf.B = proto.AppendPartHead(buf.B, i, r, m.ContentType, m.Size)
 				buf.B = append(buf.B, h.Body[r.Start:r.Start+r.Length]...)
 			}
 			buf.B = proto.AppendPartsEnd(buf.B)
-			c.sent = int64(len(buf.B)) // approximately: the parts, the head counted too
+			c.sent = int64(len(buf.B) - headLen) // the multipart body, as Content-Length says
 		}
 		h.Release()
 		c.writev(buf.B, body)
 		c.finish()
 		return
 	}
-	if h.Base() > 0 && (status != 206 || len(ranges) != 1 || ranges[0].Start < h.Base()) {
-		// A window holds only the bytes from its base; wantFrom asked for no other.
+	if h.Base() > 0 && (status != 206 || len(ranges) != 1 || ranges[0].Start < h.Base() ||
+		ranges[0].Start+ranges[0].Length > h.End()) {
+		// A window holds only the bytes it was asked for; wantRange asked for no other.
 		h.Release()
 		c.keepAlive = false
 		c.text(500, "internal error: range window mismatch", "")
 		return
 	}
-	_, _ = c.gc.Write(buf.B)
+	c.emit(buf.B, nil)
 	c.h, c.fd = h, h.Fd()
 	switch {
 	case status == 200:
@@ -417,12 +517,137 @@ func (c *conn) respond(h *cache.Handle) {
 }
 
 func (c *conn) writev(head, body []byte) {
-	if len(body) == 0 {
-		_, _ = c.gc.Write(head)
+	c.emit(head, body)
+	c.sent += int64(len(body))
+}
+
+// emit writes head, then body, to the client: the one way bytes other than sendfile's
+// reach a socket. What the socket does not take now waits in c.out (a copy of the rest
+// of head) and c.outBody (the rest of body, not copied: callers pass only immutable
+// bytes), and goes out first on the next turn.
+//
+// The invariant that makes closing safe lives here: gnet's Conn.Write, Writev and
+// Flush close the connection themselves when the socket write fails, running OnClose
+// (which frees the handle, the slot and the file this connection reads) in the middle
+// of the caller's stack, after which the fd number may already belong to a new client
+// or a fill's .part file. So this package never calls them. Every write is a system
+// call on the fd (emit, flush, sendfile, copyOut) whose failure only sets c.failed;
+// serve then returns gnet.Close, and gnet closes the connection after our code is off
+// the stack. Together with gnet ignoring wake-ups of closed connections, this means no
+// state of a connection is used after its close and no fd after its close.
+func (c *conn) emit(head, body []byte) {
+	if c.failed {
 		return
 	}
-	_, _ = c.gc.Writev([][]byte{head, body})
-	c.sent += int64(len(body))
+	if c.outPending() {
+		// Not reached today (callers flush first); keep the order if it ever is.
+		c.queue(head, body)
+		return
+	}
+	var n int
+	var err error
+	for {
+		if len(body) == 0 {
+			n, err = unix.Write(c.gc.Fd(), head)
+		} else {
+			n, err = unix.Writev(c.gc.Fd(), [][]byte{head, body})
+		}
+		if err != unix.EINTR {
+			break
+		}
+	}
+	switch {
+	case err == unix.EAGAIN:
+		n = 0
+	case err != nil:
+		c.failed = true
+		return
+	}
+	if n < len(head) {
+		c.queue(head[n:], body)
+	} else if n-len(head) < len(body) {
+		c.queue(nil, body[n-len(head):])
+	}
+}
+
+// queue keeps bytes the socket did not take, in order.
+func (c *conn) queue(head, body []byte) {
+	if len(c.outBody) > 0 && (len(head) > 0 || len(body) > 0) {
+		// More after a kept body: copy that body, so the order holds.
+		if c.out == nil {
+			c.out = bytebufferpool.Get()
+		}
+		c.out.B = append(c.out.B, c.outBody...)
+		c.outBody = nil
+	}
+	if len(head) > 0 {
+		if c.out == nil {
+			c.out = bytebufferpool.Get()
+		}
+		c.out.B = append(c.out.B, head...)
+	}
+	if len(body) > 0 {
+		c.outBody = body
+	}
+}
+
+func (c *conn) outPending() bool { return c.out != nil || len(c.outBody) > 0 }
+
+// flush writes what emit queued: nil once all is out, errBlocked when the socket is
+// full (the write poller wakes us), another error when the client is gone.
+func (c *conn) flush() error {
+	for c.outPending() {
+		var head []byte
+		if c.out != nil {
+			head = c.out.B
+		}
+		var n int
+		var err error
+		switch {
+		case len(c.outBody) == 0:
+			n, err = unix.Write(c.gc.Fd(), head)
+		case len(head) == 0:
+			n, err = unix.Write(c.gc.Fd(), c.outBody)
+		default:
+			n, err = unix.Writev(c.gc.Fd(), [][]byte{head, c.outBody})
+		}
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			c.setDeadline(c.srv.cfg.Timeout)
+			if c.waitWritable() == sendFailed {
+				return err
+			}
+			return errBlocked
+		case err != nil:
+			c.failed = true
+			return err
+		}
+		c.setDeadline(c.srv.cfg.Timeout)
+		if n < len(head) {
+			c.out.B = c.out.B[:copy(c.out.B, c.out.B[n:])]
+			continue
+		}
+		if c.out != nil {
+			bytebufferpool.Put(c.out)
+			c.out = nil
+		}
+		c.outBody = c.outBody[n-len(head):]
+		if len(c.outBody) == 0 {
+			c.outBody = nil
+		}
+	}
+	return nil
+}
+
+// dropOutput frees what was never sent.
+func (c *conn) dropOutput() {
+	if c.out != nil {
+		bytebufferpool.Put(c.out)
+		c.out = nil
+	}
+	c.outBody = nil
 }
 
 type sendResult int
@@ -438,21 +663,19 @@ const (
 func (c *conn) send() sendResult {
 	budget := int64(maxPerTurn)
 	for {
-		if !c.copyMode && c.gc.OutboundBuffered() > 0 {
-			// The head (or a part head) is queued in gnet: it must go out first.
-			_ = c.gc.Flush()
-			if c.gc.OutboundBuffered() > 0 {
-				return c.waitWritable()
+		if c.outPending() {
+			// The head (or a part head) the socket did not take goes first.
+			switch err := c.flush(); {
+			case err == errBlocked:
+				return sendBlocked
+			case err != nil:
+				return sendFailed
 			}
 		}
+		if c.failed {
+			return sendFailed
+		}
 		if c.off >= c.end {
-			if c.copyMode && c.gc.OutboundBuffered() > 0 {
-				// Done only once gnet has passed on every byte queued.
-				_ = c.gc.Flush()
-				if c.gc.OutboundBuffered() > 0 {
-					return c.waitWritable()
-				}
-			}
 			if c.ranges == nil || c.part > len(c.ranges) {
 				return sendDone
 			}
@@ -496,6 +719,7 @@ func (c *conn) send() sendResult {
 		case err == unix.EINTR:
 			continue
 		case err != nil:
+			c.failed = true
 			return sendFailed // the client went away
 		case w == 0:
 			c.srv.cfg.Logf("server: %s: data file shorter than its metadata", c.req.Path)
@@ -523,35 +747,29 @@ func (c *conn) nextPart() {
 	}
 	c.part++
 	c.sent += int64(len(buf.B))
-	_, _ = c.gc.Write(buf.B)
+	c.emit(buf.B, nil)
 }
 
 // copyBufs are the fallback path's buffers, used only where sendfile cannot serve.
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyChunk); return &b }}
 
-const (
-	copyChunk    = 64 << 10 // one pread and Write
-	copyLowWater = 64 << 10 // stop copying while gnet holds this much unsent
-)
+// copyChunk is one pread and write of the fallback path.
+const copyChunk = 64 << 10
 
-// copyOut is the fallback for sendfile: pread into a pooled buffer and Write it, which
-// gnet queues when the socket is full; past the low-water mark it waits instead, so a
-// connection never holds more than about two chunks.
+// copyOut is the fallback for sendfile: pread into a pooled buffer and write what the
+// socket takes; the rest is read again next time, so a waiting connection holds no
+// buffer at all.
 func (c *conn) copyOut(off int64, n int) (int, error) {
-	if c.gc.OutboundBuffered() >= copyLowWater {
-		_ = c.gc.Flush()
-		if c.gc.OutboundBuffered() >= copyLowWater {
-			return 0, unix.EAGAIN
-		}
-	}
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	r, err := unix.Pread(c.fd, (*bp)[:min(n, copyChunk)], off)
 	if r <= 0 {
-		return 0, err
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, fmt.Errorf("pread: %w", err)
 	}
-	_, err = c.gc.Write((*bp)[:r])
-	return r, err
+	return unix.Write(c.gc.Fd(), (*bp)[:r])
 }
 
 func (c *conn) waitWritable() sendResult {
@@ -601,6 +819,10 @@ func (c *conn) close() {
 	if c.held != nil {
 		bytebufferpool.Put(c.held)
 		c.held = nil
+	}
+	c.dropOutput()
+	if c.phase == phaseLinger {
+		return // answered and finished already
 	}
 	if c.phase != phaseRead || c.slot != "" || c.log != nil {
 		if c.status == 0 {
@@ -659,7 +881,7 @@ func (c *conn) writeHead(hd *proto.Head, body string) {
 		buf.B = append(buf.B, body...)
 		c.sent = int64(len(body))
 	}
-	_, _ = c.gc.Write(buf.B)
+	c.emit(buf.B, nil)
 	bytebufferpool.Put(buf)
 	c.status = hd.Status
 	c.finish()

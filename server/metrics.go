@@ -55,6 +55,10 @@ func newMetrics(c *cache.Cache, l *limiter.Limiter) *metrics {
 			func() float64 { return float64(l.Conns()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "offload_active_downloads", Help: "Requests being answered: waiting for the base or sending a body."},
 			func() float64 { return float64(m.inflight.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "offload_open_files", Help: "Cache data files open (each shared by its readers; idle ones close after 10 s)."},
+			func() float64 { return float64(s.OpenFiles.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "offload_upstream_windows", Help: "Ranged fetches under way for readers far ahead of a fill."},
+			func() float64 { return float64(s.Windows.Load()) }),
 	)
 	return m
 }
