@@ -37,13 +37,19 @@ func need(t *testing.T, tools ...string) {
 	}
 }
 
-// buildModule compiles mod_offload.c with apxs in a temp folder and returns the .so.
+// buildModule compiles mod_offload.c with apxs in a temp folder and returns the .so. The
+// sources come from the folder above, or from $OFFLOAD_TEST_MODULE_DIR (to see which tests
+// an older module fails).
 func buildModule(t *testing.T) string {
 	t.Helper()
 	need(t, "apxs", apacheBin)
 	dir := t.TempDir()
+	src := ".."
+	if d := os.Getenv("OFFLOAD_TEST_MODULE_DIR"); d != "" {
+		src = d
+	}
 	for _, f := range []string{"mod_offload.c", "offload_pick.h"} {
-		data, err := os.ReadFile(filepath.Join("..", f))
+		data, err := os.ReadFile(filepath.Join(src, f))
 		if err != nil {
 			t.Fatal(err)
 		}

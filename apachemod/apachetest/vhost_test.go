@@ -116,13 +116,14 @@ func TestVirtualHosts(t *testing.T) {
 	a := newApache(t)
 	rootA, rootB := filepath.Join(a.dir, "a"), filepath.Join(a.dir, "b")
 	fileA, fileB := bytes.Repeat([]byte("A"), 20000), bytes.Repeat([]byte("B"), 20000)
-	for _, p := range []string{"pub/f.bin", "wrong/f.bin"} {
+	for _, p := range []string{"pub/f.bin", "wrong/f.bin", "hta/f.bin"} {
 		for root, data := range map[string][]byte{rootA: fileA, rootB: fileB} {
 			os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755)
 			os.WriteFile(filepath.Join(root, p), data, 0o644)
 		}
 	}
-	dirs := fmt.Sprintf("<Directory %q>\nRequire all granted\n</Directory>\n<Directory %q>\nRequire all granted\n</Directory>\n", rootA, rootB)
+	os.WriteFile(filepath.Join(rootA, "hta", ".htaccess"), []byte("<IfModule offload_module>\n  OffloadHost 127.0.0.9:9\n</IfModule>\n"), 0o644)
+	dirs := fmt.Sprintf("<Directory %q>\nRequire all granted\nAllowOverride Options\n</Directory>\n<Directory %q>\nRequire all granted\n</Directory>\n", rootA, rootB)
 
 	// Directives outside the virtual hosts (the old README's mods-available/offload.conf)
 	// offload neither site, and configtest says why.
@@ -159,6 +160,10 @@ func TestVirtualHosts(t *testing.T) {
 	}
 	if status != 421 || !strings.Contains(at, wrong.addr) {
 		t.Errorf("a.test/wrong/f.bin through the offload host with the wrong --base: %d (ended at %s), want 421", status, at)
+	}
+	// An .htaccess of a.test names a host of its own: bound to a.test, which reads it.
+	if resp, _ := getBody(t, a.url+"/hta/f.bin", "127.0.0.20", "Host", "a.test"); resp.StatusCode != 307 || resp.Header.Get("Location") != "http://127.0.0.9:9/hta/f.bin" {
+		t.Errorf("a.test/hta/f.bin with OffloadHost in .htaccess: %d %q", resp.StatusCode, resp.Header.Get("Location"))
 	}
 	if status, body, _ := followFrom(t, a.url+"/pub/f.bin", "127.0.0.20", "b.test"); status != 200 || !bytes.Equal(body, fileB) {
 		t.Errorf("b.test/pub/f.bin: %d, B's file %v", status, bytes.Equal(body, fileB))
