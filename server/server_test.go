@@ -256,7 +256,7 @@ func TestMultiRange(t *testing.T) {
 		data := randomBytes(size)
 		b.write(t, name, data)
 		s := start(t, b, nil)
-		resp, body := httpGet(t, s.url+name, "Range", "bytes=0-9,1000-1099,-5")
+		resp, body := httpGetWithin(t, 10*time.Second, s.url+name, "Range", "bytes=0-9,1000-1099,-5")
 		if resp.StatusCode != 206 {
 			t.Fatalf("status %d", resp.StatusCode)
 		}
@@ -665,12 +665,12 @@ func TestCopyFallback(t *testing.T) {
 	b.write(t, "/f.bin", data)
 	s := start(t, b, func(c *Config, _ *limiter.Config, _ *cache.Config) { c.NoSendfile = true })
 	for _, label := range []string{"cold", "warm"} {
-		resp, body := httpGet(t, s.url+"/f.bin")
+		resp, body := httpGetWithin(t, 20*time.Second, s.url+"/f.bin")
 		if resp.StatusCode != 200 || !bytes.Equal(body, data) {
 			t.Fatalf("%s: status %d, %d bytes", label, resp.StatusCode, len(body))
 		}
 	}
-	resp, body := httpGet(t, s.url+"/f.bin", "Range", "bytes=1000-1999,5000000-5000099")
+	resp, body := httpGetWithin(t, 10*time.Second, s.url+"/f.bin", "Range", "bytes=1000-1999,5000000-5000099")
 	parts := multipartParts(t, body, strings.TrimPrefix(resp.Header.Get("Content-Type"), "multipart/byteranges; boundary="))
 	if resp.StatusCode != 206 || len(parts) != 2 || !bytes.Equal(parts[0], data[1000:2000]) || !bytes.Equal(parts[1], data[5000000:5000100]) {
 		t.Fatalf("ranges: %d, %d parts", resp.StatusCode, len(parts))
@@ -683,6 +683,7 @@ func TestCopyFallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second)) // a body cut short fails here, not after minutes
 	fmt.Fprintf(conn, "GET /f.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 	time.Sleep(300 * time.Millisecond)
 	r, err := http.ReadResponse(bufio.NewReader(conn), nil)
