@@ -19,11 +19,11 @@
  *   OffloadHostDownFile path        hosts out of rotation, one host[:port] a line
  *
  * The contract with the offload servers, as this side keeps it:
- *   - An offload host serves one base (its --base), so an OffloadHost belongs to the
- *     virtual host whose configuration names it: other virtual hosts that inherit it are
+ *   - An offload host serves one base (its --base), so an OffloadHost belongs to the site
+ *     (same_site) whose configuration names it: other virtual hosts that inherit it are
  *     never redirected to it, and a request from that host (X-Mod-Offload-Bypass, from
- *     its address) that lands on another virtual host is refused with 421, so a wrong
- *     --base shows up as an error instead of another site's file.
+ *     its address) that lands on another site is refused with 421, so a wrong --base
+ *     shows up as an error instead of another site's file.
  *   - A request from an offload host may say for whom it asks in X-Forwarded-For (the
  *     last address): access rules (Require ip) then see that client, so a file the base
  *     refuses to a client is refused to it through the offload host as well.
@@ -167,6 +167,25 @@ static const char *server_desc(apr_pool_t *p, const server_rec *s)
     }
     return apr_psprintf(p, "<VirtualHost> %s (%s:%u)", s->server_hostname ? s->server_hostname : "?",
                         s->defn_name ? s->defn_name : "?", s->defn_line_number);
+}
+
+/* same_site reports whether two servers serve one site: the same server, or virtual hosts
+ * with one ServerName and one DocumentRoot (a site's http and https virtual hosts, or a
+ * virtual host without a name of its own and the main server). An offload server fetches
+ * from one site, so an OffloadHost may serve all of its virtual hosts and no other. */
+static int same_site(server_rec *a, server_rec *b)
+{
+    const core_server_config *ca, *cb;
+    if (a == b) {
+        return 1;
+    }
+    if (a->server_hostname == NULL || b->server_hostname == NULL || strcasecmp(a->server_hostname, b->server_hostname) != 0) {
+        return 0;
+    }
+    ca = ap_get_core_module_config(a->module_config);
+    cb = ap_get_core_module_config(b->module_config);
+    return ca->ap_document_root != NULL && cb->ap_document_root != NULL &&
+           strcmp(ca->ap_document_root, cb->ap_document_root) == 0;
 }
 
 /* find_name returns the entry for a host name, making it; called locked. */
@@ -541,7 +560,7 @@ static int check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, 
         collect(sc, seen);
         warn_no_hosts(s, sc, NULL, server_desc(ptemp, s));
         if (s != main_s && sc != NULL && sc->engine == 1 && sc->hosts->nelts > 0 &&
-            ((offload_host *)sc->hosts->elts)[0].server != s) {
+            !same_site(((offload_host *)sc->hosts->elts)[0].server, s)) {
             ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
                          "offload: %s inherits OffloadHost %s from %s and is not offloaded: an offload server "
                          "fetches from one site, so put the Offload directives inside the <VirtualHost> of the "
@@ -572,7 +591,7 @@ static int check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, 
         apr_status_t rv = APR_SUCCESS;
         for (j = 0; j < i; j++) {
             const offload_host *b = ((offload_host **)known_hosts->elts)[j];
-            if (a->server != b->server && strcmp(a->scheme, b->scheme) == 0 &&
+            if (!same_site(a->server, b->server) && strcmp(a->scheme, b->scheme) == 0 &&
                 strcasecmp(a->name, b->name) == 0 && host_port(a) == host_port(b)) {
                 ap_log_error(APLOG_MARK, APLOG_ERR, 0, main_s,
                              "offload: OffloadHost %s is named in both %s and %s: an offload server fetches from "
@@ -781,7 +800,7 @@ static int post_read_request(request_rec *r)
     for (i = 0; i < known_hosts->nelts && own == NULL; i++) {
         const offload_host *h = ((offload_host **)known_hosts->elts)[i];
         if (host_has_ip(h, peer, r->pool)) {
-            if (h->server == r->server) {
+            if (same_site(h->server, r->server)) {
                 own = h;
             } else {
                 other = h;
@@ -798,7 +817,7 @@ static int post_read_request(request_rec *r)
                       other->addr, server_desc(r->pool, other->server), server_desc(r->pool, r->server));
         return HTTP_MISDIRECTED_REQUEST;
     }
-    xff = apr_table_get(r->headers_in, "X-Forwarded-For");
+    xff = apr_table_getm(r->pool, r->headers_in, "X-Forwarded-For");
     if (xff == NULL || strcmp(r->useragent_ip, peer) != 0) {
         return DECLINED; /* nobody named, or mod_remoteip already applied it */
     }
@@ -898,7 +917,7 @@ static int offload_handler(request_rec *r)
     hosts = (const offload_host *)c->hosts->elts;
     n = c->hosts->nelts;
     for (i = 0; i < n; i++) {
-        if (hosts[i].server != r->server) {
+        if (!same_site(hosts[i].server, r->server)) {
             DECLINE("its OffloadHost belongs to another virtual host (or the main server config): "
                     "put the Offload directives inside this <VirtualHost>");
         }

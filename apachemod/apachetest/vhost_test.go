@@ -138,6 +138,34 @@ func TestVirtualHosts(t *testing.T) {
 		t.Errorf("one offload host in two virtual hosts: ok=%v %q", ok, out)
 	}
 
+	// A site's two virtual hosts (as for http and https: one ServerName, one DocumentRoot)
+	// may share offload hosts; one name with another DocumentRoot is another site.
+	port2 := freePort(t)
+	twin := func(root string) string {
+		return fmt.Sprintf("Listen 127.0.0.1:%d\n<VirtualHost 127.0.0.1:%d>\n  ServerName a.test\n  DocumentRoot %q\n%s</VirtualHost>\n", port2, port2, root, on)
+	}
+	if out, ok := a.configTest(t, so, dirs+a.vhost("a.test", rootA, on)+twin(rootA)); !ok || strings.Contains(out, "offload:") {
+		t.Errorf("a site's two virtual hosts sharing offload hosts: ok=%v %q", ok, out)
+	}
+	if out, ok := a.configTest(t, so, dirs+a.vhost("a.test", rootA, on)+twin(rootB)); ok || !strings.Contains(out, "is named in both") {
+		t.Errorf("one name, two DocumentRoots, one offload host: ok=%v %q", ok, out)
+	}
+	// A virtual host without a name of its own, on the main server's DocumentRoot (Debian's
+	// 000-default), is the main server's site: server-wide directives offload it.
+	a.write(t, "big.iso", fileA)
+	if out, ok := a.configTest(t, so, dirs+"OffloadEngine On\nOffloadHost 127.0.0.2:8081\n"+fmt.Sprintf("<VirtualHost *:%d>\n  DocumentRoot %q\n</VirtualHost>\n", a.port, a.docroot)+a.vhost("b.test", rootB, "")); !ok || !strings.Contains(out, "b.test") || strings.Count(out, "inherits OffloadHost") != 1 {
+		t.Errorf("default vhost and b.test under server-wide directives: ok=%v %q", ok, out)
+	}
+	d := newApache(t)
+	d.write(t, "pub/f.bin", fileA)
+	d.start(t, so, dirs+"OffloadEngine On\nOffloadHost 127.0.0.2:8081\n"+fmt.Sprintf("<VirtualHost *:%d>\n  DocumentRoot %q\n</VirtualHost>\n<VirtualHost *:%d>\n  ServerName b.test\n  DocumentRoot %q\n</VirtualHost>\n", d.port, d.docroot, d.port, rootB))
+	if resp, _ := getBody(t, d.url+"/pub/f.bin", "127.0.0.20", "Host", "www.example.org"); resp.StatusCode != 307 {
+		t.Errorf("the default site under server-wide directives: %d, want 307", resp.StatusCode)
+	}
+	if resp, _ := getBody(t, d.url+"/pub/f.bin", "127.0.0.20", "Host", "b.test"); resp.StatusCode != 200 {
+		t.Errorf("b.test under server-wide directives: %d, want 200 (not offloaded)", resp.StatusCode)
+	}
+
 	// Running: a.test offloads /pub to an offload server whose --base is a.test, and
 	// /wrong to one whose --base is b.test (the mistake). Both listen on 127.0.0.1, so
 	// their requests come from an OffloadHost's address.
