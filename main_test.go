@@ -282,7 +282,7 @@ func TestKill9LeavesNoTornEntry(t *testing.T) {
 
 func TestPrivilegeDrop(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (CI runs scripts/test as root)")
+		t.Skip("needs root: binds a port below 1024, then drops to nobody (CI runs scripts/test as root)")
 	}
 	b := startBase(t)
 	os.WriteFile(filepath.Join(b.dir, "p.bin"), []byte(strings.Repeat("p", 9000)), 0o644)
