@@ -484,7 +484,7 @@ func TestDiskFull(t *testing.T) {
 		t.Skip("needs root to mount a small tmpfs (scripts/test runs as root in CI)")
 	}
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount tmpfs: %v %s", err, out)
+		t.Skipf("needs root allowed to mount (CAP_SYS_ADMIN; a container may deny it) for a small tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", dir).Run() })
 	b := newTestBase(t)
