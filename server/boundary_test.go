@@ -521,3 +521,99 @@ func TestGoneOnBaseOverSocket(t *testing.T) {
 		})
 	}
 }
+
+// TestAccessLogEscapes: quotes, backslashes and every control or non-ASCII byte are
+// escaped as Apache does, so a client cannot forge a line or a field; 0 bytes is "-",
+// 1 byte is "1".
+func TestAccessLogEscapes(t *testing.T) {
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	alog, err := OpenAccessLog(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	when := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name  string
+		entry logEntry
+		want  string
+	}{
+		{"plain", logEntry{client: "192.0.2.1", when: when, request: "GET /a HTTP/1.1", status: 200, bytes: 1, agent: "curl/8"},
+			`192.0.2.1 - - [01/May/2024:12:00:00 +0000] "GET /a HTTP/1.1" 200 1 "-" "curl/8"`},
+		{"no bytes", logEntry{client: "192.0.2.1", when: when, request: "HEAD /a HTTP/1.1", status: 200, bytes: 0},
+			`"HEAD /a HTTP/1.1" 200 - "-" "-"`},
+		{"quote and backslash", logEntry{client: "192.0.2.1", when: when, request: `GET /"\ HTTP/1.1`, status: 400, bytes: 2, referer: `a"b\c`},
+			`"GET /\"\\ HTTP/1.1" 400 2 "a\"b\\c" "-"`},
+		{"controls", logEntry{client: "192.0.2.1", when: when, request: "GET /\x1f\x7f\x80\xff\t HTTP/1.1", status: 400, bytes: 3, agent: "a\nb"},
+			`"GET /\x1f\x7f\x80\xff\x09 HTTP/1.1" 400 3 "-" "a\x0ab"`},
+		{"last printable", logEntry{client: "192.0.2.1", when: when, request: "GET /~ HTTP/1.1", status: 200, bytes: 4, agent: " !"},
+			`"GET /~ HTTP/1.1" 200 4 "-" " !"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			os.Truncate(logPath, 0)
+			alog.write(&tc.entry)
+			alog.Flush()
+			data, _ := os.ReadFile(logPath)
+			line := strings.TrimSuffix(string(data), "\n")
+			if !strings.Contains(line, tc.want) || strings.Count(string(data), "\n") != 1 {
+				t.Errorf("line %q lacks %q", data, tc.want)
+			}
+		})
+	}
+}
+
+// TestHeadTakesNoDownloadSlot: while a client holds its one download of a file, a HEAD
+// from it is answered (a HEAD is no download), a GET of a range is refused like any GET,
+// and a GET of another file is answered.
+func TestHeadTakesNoDownloadSlot(t *testing.T) {
+	b := newBase(t)
+	b.write(t, "/dl.bin", randomBytes(64<<20))
+	b.write(t, "/other.bin", randomBytes(1000))
+	s := start(t, b, nil)
+	httpGetWithin(t, 20*time.Second, s.url+"/dl.bin", "Range", "bytes=0-0") // warm
+	conn, br := dial(t, s.addr)
+	conn.(*net.TCPConn).SetReadBuffer(4096)
+	fmt.Fprintf(conn, "GET /dl.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "200") {
+		t.Fatalf("held download: %q %v", line, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "HEAD", s.url+"/dl.bin", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 || resp.ContentLength != 64<<20 {
+		t.Fatalf("HEAD during a download: %v %+v", err, resp)
+	}
+	resp.Body.Close()
+	if resp, _ := httpGetWithin(t, 10*time.Second, s.url+"/dl.bin", "Range", "bytes=0-9"); resp.StatusCode != 403 {
+		t.Errorf("second GET (a range) during a download: %d, want 403", resp.StatusCode)
+	}
+	if resp, _ := httpGetWithin(t, 10*time.Second, s.url+"/other.bin"); resp.StatusCode != 200 {
+		t.Errorf("another file during a download: %d, want 200", resp.StatusCode)
+	}
+}
+
+// TestQueryTwins: a query string is refused (403) even when empty; a path without one
+// is served.
+func TestQueryTwins(t *testing.T) {
+	b := newBase(t)
+	b.write(t, "/q.bin", []byte("q"))
+	s := start(t, b, noCap)
+	conn, br := dial(t, s.addr)
+	for _, tc := range []struct {
+		target string
+		status int
+	}{
+		{"/q.bin", 200},
+		{"/q.bin?", 403},
+		{"/q.bin?x=1", 403},
+		{"/q.bin%3Fx", 404}, // an escaped '?' is part of the name
+	} {
+		resp, _ := exchange(t, conn, br, "GET", "GET "+tc.target+" HTTP/1.1\r\nHost: x\r\n\r\n")
+		if resp.StatusCode != tc.status {
+			t.Errorf("%s: %d, want %d", tc.target, resp.StatusCode, tc.status)
+		}
+	}
+	if n := b.heads.Load(); n != 2 {
+		t.Errorf("base saw %d HEADs, want 2 (refused requests ask it nothing)", n)
+	}
+}
