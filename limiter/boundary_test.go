@@ -137,3 +137,22 @@ func TestClientIPTwins(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseConnKeepsTheOthers: closing one of two connections from an address leaves the
+// other counted: the cap of 2 then allows one more, not two.
+func TestCloseConnKeepsTheOthers(t *testing.T) {
+	l := New(Config{MaxConnsPerIP: 2})
+	a := netip.MustParseAddr("10.0.0.1")
+	l.OpenConn(a)
+	l.OpenConn(a)
+	l.CloseConn(a)
+	if got := l.OpenConn(a); got != Allowed {
+		t.Fatalf("second connection after a close: %v", got)
+	}
+	if got := l.OpenConn(a); got != TooManyConnsPerIP {
+		t.Fatalf("third connection with two open: %v, want TooManyConnsPerIP", got)
+	}
+	if l.Conns() != 2 {
+		t.Errorf("%d connections counted, want 2", l.Conns())
+	}
+}
