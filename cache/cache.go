@@ -87,6 +87,8 @@ type entry struct {
 	path    string       // data file; unique per version, so removing it never hits another
 	checked atomic.Int64 // UnixNano of the last HEAD that confirmed it
 
+	checkedBy atomic.Pointer[netip.Addr] // the client that HEAD was for (forward.go)
+
 	mu      sync.Mutex // protects file and removed; never held across I/O
 	file    *sharedFile
 	removed bool // the data file is unlinked: close its descriptor with the last reader
@@ -364,16 +366,16 @@ func (h *Handle) Release() {
 	}
 }
 
-// Lookup returns a handle for path without asking the base, when a committed entry
-// exists and was confirmed within the revalidation period; otherwise nil. It does not
-// touch the network or read file data (it may open the data file), so the event loop
-// may call it.
-func (c *Cache) Lookup(path string) *Handle {
+// LookupFor returns a handle for path without asking the base, when a committed entry
+// exists and was confirmed for client within the revalidation period; otherwise nil. It
+// does not touch the network or read file data (it may open the data file), so the event
+// loop may call it.
+func (c *Cache) LookupFor(path string, client netip.Addr) *Handle {
 	if c.cfg.Revalidate <= 0 {
 		return nil
 	}
 	e, ok := c.index.Get(c.key(path))
-	if !ok || time.Now().UnixNano()-e.checked.Load() > int64(c.cfg.Revalidate) {
+	if !ok || !e.trustedFor(client, c.cfg.Revalidate) {
 		return nil
 	}
 	if e.meta.Size <= c.cfg.SmallFile {
@@ -437,13 +439,13 @@ func (c *Cache) get(ctx context.Context, path string, metaOnly bool, from, end i
 		return c.hit(e, stale)
 	}
 	e, _ := c.index.Get(key)
-	if e != nil && c.cfg.Revalidate > 0 && time.Now().UnixNano()-e.checked.Load() <= int64(c.cfg.Revalidate) {
+	if e != nil && e.trustedFor(clientOf(ctx), c.cfg.Revalidate) {
 		if h, err := fromCache(e, false); err == nil {
 			return h, nil
 		}
 		e = nil // evicted between the lookup and the open: fill again
 	}
-	m, err := c.head(ctx, key, tgt)
+	m, err := c.head(ctx, headKey(ctx, key), tgt)
 	if err != nil {
 		var ue *Error
 		switch {
@@ -458,7 +460,7 @@ func (c *Cache) get(ctx context.Context, path string, metaOnly bool, from, end i
 	}
 	m.Key = key
 	if e != nil && SameVersion(&e.meta, m) {
-		e.checked.Store(time.Now().UnixNano())
+		e.confirm(clientOf(ctx))
 		if h, err := fromCache(e, false); err == nil {
 			return h, nil
 		}
@@ -468,7 +470,7 @@ func (c *Cache) get(ctx context.Context, path string, metaOnly bool, from, end i
 		return &Handle{Meta: *m}, nil
 	}
 	c.Stats.Misses.Add(1)
-	f := c.startFill(key, tgt, m)
+	f := c.startFill(ctx, key, tgt, m)
 	if end <= 0 || end > m.Size {
 		end = m.Size
 	}

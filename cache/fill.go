@@ -37,8 +37,9 @@ type fill struct {
 	waiters  []func() // called once when written grows or the fill ends
 }
 
-// startFill joins the fill in progress for key or starts one.
-func (c *Cache) startFill(key, tgt string, want *Meta) *fill {
+// startFill joins the fill in progress for key or starts one; a new fill asks the base
+// for the client named in ctx (forward.go), whose HEAD found the file.
+func (c *Cache) startFill(ctx context.Context, key, tgt string, want *Meta) *fill {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f := c.fills[key]; f != nil {
@@ -46,7 +47,7 @@ func (c *Cache) startFill(key, tgt string, want *Meta) *fill {
 		return f
 	}
 	f := &fill{c: c, key: key, target: tgt, want: want, end: want.Size, ready: make(chan struct{}), reserved: 1,
-		ctx: context.Background()}
+		ctx: WithClient(context.Background(), clientOf(ctx))}
 	c.fills[key] = f
 	c.Stats.Fills.Add(1)
 	go f.run()
@@ -110,7 +111,7 @@ func (c *Cache) startWindow(ctx context.Context, key, tgt string, want *Meta, fr
 	c.windows[client]++
 	c.Stats.Windows.Add(1)
 	c.mu.Unlock()
-	wctx, cancel := context.WithCancel(context.Background())
+	wctx, cancel := context.WithCancel(WithClient(context.Background(), client))
 	f := &fill{c: c, key: key, target: tgt, want: want, from: from, end: end, ready: make(chan struct{}), reserved: 1,
 		ctx: wctx, cancel: cancel}
 	go func() {
@@ -353,7 +354,7 @@ func (f *fill) commit(file *os.File, part, final string, small []byte) error {
 		dir.Close()
 	}
 	e := &entry{c: c, meta: f.meta, path: final}
-	e.checked.Store(time.Now().UnixNano())
+	e.confirm(clientOf(f.ctx)) // the HEAD that started the fill was for this client
 	c.closing.RLock()
 	defer c.closing.RUnlock()
 	if c.closed {

@@ -93,6 +93,7 @@ func (u *upstream) request(ctx context.Context, method, tgt string) (*http.Reque
 	req.Host = u.base.Host
 	req.Header.Set("User-Agent", u.userAgent)
 	req.Header.Set("X-Mod-Offload-Bypass", "true")
+	forwardFor(req)
 	return req, nil
 }
 
