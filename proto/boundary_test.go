@@ -446,3 +446,56 @@ func TestValidHeaderValueBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestParseTimeBounds: each field of an IMF-fixdate at its last valid value and one past
+// it; what the fast parser refuses, net/http's parser must refuse as well.
+func TestParseTimeBounds(t *testing.T) {
+	for _, tc := range []struct {
+		in string
+		ok bool
+	}{
+		{"Sun, 01 Nov 1994 00:00:00 GMT", true},
+		{"Sun, 00 Nov 1994 08:49:37 GMT", false},
+		{"Wed, 30 Nov 1994 08:49:37 GMT", true},
+		{"Sat, 31 Dec 1994 23:59:59 GMT", true},
+		{"Sun, 32 Dec 1994 08:49:37 GMT", false},
+		{"Sun, 06 Nov 1994 24:00:00 GMT", false},
+		{"Sun, 06 Nov 1994 23:60:00 GMT", false},
+		{"Sun, 06 Nov 1994 23:59:61 GMT", false},
+		{"Sun, 06 Jan 1994 08:49:37 GMT", true},
+		{"Sun, 06 Dec 1994 08:49:37 GMT", true},
+		{"Sun, 06 Nov 19a4 08:49:37 GMT", false},
+		{"Sun, 06 Nov 1994 08:49:37 GMT ", false},
+		{"Sun, 06 Nov 1994 08:49:37 gmt", false},
+	} {
+		got, ok := ParseTime([]byte(tc.in))
+		if ok != tc.ok {
+			t.Errorf("ParseTime(%q) = %v, %v; want ok %v", tc.in, got, ok, tc.ok)
+			continue
+		}
+		if ok {
+			if want, err := http.ParseTime(tc.in); err != nil || !want.Equal(got) {
+				t.Errorf("ParseTime(%q) = %v, net/http %v %v", tc.in, got, want, err)
+			}
+		}
+	}
+}
+
+// TestAppendDateMovesOn: the Date value is formatted once a second, and a second later
+// it is the new second's.
+func TestAppendDateMovesOn(t *testing.T) {
+	first := string(AppendDate(nil))
+	if _, err := http.ParseTime(first); err != nil {
+		t.Fatalf("Date %q: %v", first, err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	second := string(AppendDate(nil))
+	if second == first {
+		t.Errorf("Date still %q a second later", second)
+	}
+	now := time.Now().UTC()
+	got, _ := http.ParseTime(second)
+	if d := now.Sub(got); d < 0 || d > 2*time.Second {
+		t.Errorf("Date %q, now %v", second, now)
+	}
+}
