@@ -601,10 +601,11 @@ static int check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, 
                 failed = 1;
             }
         }
+        /* httpd reads its configuration twice at start: a name that failed a moment ago
+         * is not looked up again (a DNS server that does not answer costs seconds). */
         lock();
         e = find_name(a->name);
         if (e != NULL) {
-            e->next_try = 0;
             rv = try_resolve(e, ptemp);
         }
         unlock();
