@@ -197,18 +197,24 @@ func (a *apache) start(t *testing.T, so, extra string) {
 	}
 }
 
-// get sends one request from the given local address, never following redirects.
-func get(t *testing.T, method, url, from string, hdr ...string) *http.Response {
-	t.Helper()
+// clientFrom is an HTTP client whose connections come from the given local address
+// (any when empty) and that never follows redirects.
+func clientFrom(from string) *http.Client {
 	dialer := &net.Dialer{Timeout: 5 * time.Second}
 	if from != "" {
 		dialer.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
 	}
-	client := &http.Client{
+	return &http.Client{
 		Transport:     &http.Transport{DialContext: dialer.DialContext, DisableKeepAlives: true},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		Timeout:       10 * time.Second,
 	}
+}
+
+// get sends one request from the given local address, never following redirects.
+func get(t *testing.T, method, url, from string, hdr ...string) *http.Response {
+	t.Helper()
+	client := clientFrom(from)
 	req, _ := http.NewRequest(method, url, nil)
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])

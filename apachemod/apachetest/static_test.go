@@ -17,15 +17,7 @@ import (
 // getBody is get returning the body too.
 func getBody(t *testing.T, url, from string, hdr ...string) (*http.Response, string) {
 	t.Helper()
-	dialer := &net.Dialer{Timeout: 5 * time.Second}
-	if from != "" {
-		dialer.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
-	}
-	client := &http.Client{
-		Transport:     &http.Transport{DialContext: dialer.DialContext, DisableKeepAlives: true},
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		Timeout:       10 * time.Second,
-	}
+	client := clientFrom(from)
 	req, _ := http.NewRequest("GET", url, nil)
 	for i := 0; i+1 < len(hdr); i += 2 {
 		if strings.EqualFold(hdr[i], "Host") {
