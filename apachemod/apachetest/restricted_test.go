@@ -10,11 +10,12 @@ import (
 // restrictedApache is a base with two address-restricted folders and one offload host on
 // 127.0.0.1 (so requests of an offload server on this machine come from its address):
 // /lan admits 127.0.0.10 and the offload host's own address, /only10 admits 127.0.0.10.
-func restrictedApache(t *testing.T, offloadAddr string) (*apache, []byte) {
+// extra is more configuration, e.g. mod_remoteip's.
+func restrictedApache(t *testing.T, offloadAddr string, extra ...string) (*apache, []byte) {
 	t.Helper()
 	so := buildModule(t)
 	a := newApache(t)
-	a.mods = []string{"authz_host"}
+	a.mods = []string{"authz_host", "remoteip"}
 	data := bytes.Repeat([]byte("r"), 30000)
 	for _, p := range []string{"lan/f.bin", "only10/f.bin", "pub/f.bin"} {
 		a.write(t, p, data)
@@ -27,7 +28,8 @@ OffloadHost %s
 <Directory "%[2]s/only10">
   Require ip 127.0.0.10
 </Directory>
-`, offloadAddr, a.docroot))
+%[3]s
+`, offloadAddr, a.docroot, strings.Join(extra, "\n")))
 	return a, data
 }
 
@@ -35,7 +37,15 @@ OffloadHost %s
 // offload host asks for (X-Forwarded-For, trusted from offload hosts only), item 9's
 // half of the contract that is the base's.
 func TestForwardedForFromOffloadHosts(t *testing.T) {
-	a, _ := restrictedApache(t, "127.0.0.1:8081")
+	t.Run("module", func(t *testing.T) { testForwardedFor(t) })
+	// An admin who also made mod_remoteip trust the offload host: the same answers.
+	t.Run("with mod_remoteip", func(t *testing.T) {
+		testForwardedFor(t, "RemoteIPHeader X-Forwarded-For", "RemoteIPInternalProxy 127.0.0.1")
+	})
+}
+
+func testForwardedFor(t *testing.T, extra ...string) {
+	a, _ := restrictedApache(t, "127.0.0.1:8081", extra...)
 	bypass := []string{"X-Mod-Offload-Bypass", "true"}
 	tests := []struct {
 		name, path, from, xff string
@@ -83,6 +93,11 @@ func TestRestrictedThroughOffload(t *testing.T) {
 			// well, though the rule admits the offload host's own address.
 			if status, _, at := followFrom(t, a.url+"/lan/f.bin", "127.0.0.10", ""); status != 200 || !strings.Contains(at, o.addr) {
 				t.Errorf("admitted client for /lan: %d at %s", status, at)
+			}
+			// Nor does a refused client get in by claiming an admitted address.
+			resp, body := getBody(t, "http://"+o.addr+"/lan/f.bin", "127.0.0.11", "X-Forwarded-For", "127.0.0.10")
+			if resp.StatusCode != 403 || body == string(data) {
+				t.Errorf("refused client claiming to be 127.0.0.10: %d", resp.StatusCode)
 			}
 			for _, p := range []string{"/lan/f.bin", "/only10/f.bin"} {
 				status, body, _ := followFrom(t, "http://"+o.addr+p, "127.0.0.11", "")
