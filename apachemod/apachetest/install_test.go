@@ -109,3 +109,28 @@ func TestDebianInstall(t *testing.T) {
 	}
 	run(t, dir, "apache2ctl", "configtest")
 }
+
+// TestReadmeSnippets: every Apache configuration block of the READMEs passes configtest
+// as written (issue 11: the README's lines must work as written).
+func TestReadmeSnippets(t *testing.T) {
+	so := buildModule(t)
+	a := newApache(t)
+	n := 0
+	for _, readme := range []string{"../../README.md", "../README.md"} {
+		text, err := os.ReadFile(readme)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blocks := strings.Split(string(text), "```apache\n")
+		for _, b := range blocks[1:] {
+			snippet, _, _ := strings.Cut(b, "```")
+			n++
+			if out, ok := a.configTest(t, so, snippet); !ok {
+				t.Errorf("%s: configtest fails on\n%s\n%s", readme, snippet, out)
+			}
+		}
+	}
+	if n < 2 {
+		t.Errorf("found %d Apache snippets in the READMEs", n)
+	}
+}
