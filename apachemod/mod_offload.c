@@ -888,6 +888,12 @@ static int offload_handler(request_rec *r)
     if (r->method_number != M_GET || r->header_only) {
         DECLINE("not a GET");
     }
+    /* A DirectoryIndex page or a MultiViews variant: httpd chose the file for this client
+     * (ap_internal_fast_redirect sets r->uri to it, away from the request's path). The
+     * offload server, asking for the request's path, could get another choice. */
+    if (r->parsed_uri.path == NULL || strcmp(r->uri, r->parsed_uri.path) != 0) {
+        DECLINE("a file httpd chose for the path (DirectoryIndex, MultiViews)");
+    }
     /* Hooked last (after mod_actions too): every module with a handler of its own (CGI,
      * also through a "magic" type like application/x-httpd-cgi, PHP, proxies) has
      * declined. What is left is the default handler's if the handler name is the one

@@ -59,7 +59,7 @@ func rawRequest(t *testing.T, addr, request string) *http.Response {
 func TestStaticFileDecision(t *testing.T) {
 	so := buildModule(t)
 	a := newApache(t)
-	a.mods = []string{"cgi", "autoindex", "alias"}
+	a.mods = []string{"cgi", "autoindex", "alias", "dir", "negotiation"}
 	big := bytes.Repeat([]byte("b"), 10000)
 	for _, f := range []string{"disk.img", "disk.qcow2", "vm.vmdk", "installer.run", "noextension", "notes.txt", "data.thing", "big.iso"} {
 		a.write(t, f, big)
@@ -72,6 +72,9 @@ func TestStaticFileDecision(t *testing.T) {
 	a.write(t, "listing/README.html", []byte("<p>readme-marker "+strings.Repeat("r", 8000)+"</p>"))
 	a.write(t, "listing/file.bin", big)
 	a.write(t, "min/exact.bin", make([]byte, 6000))
+	a.write(t, "indexed/index.html", []byte("<p>index-marker "+strings.Repeat("i", 8000)+"</p>"))
+	a.write(t, "multi/guide.en.html", []byte("<p>english-marker "+strings.Repeat("e", 8000)+"</p>"))
+	a.write(t, "multi/guide.de.html", []byte("<p>german-marker "+strings.Repeat("g", 8000)+"</p>"))
 	a.write(t, "min/under.bin", make([]byte, 5999))
 	a.start(t, so, fmt.Sprintf(`OffloadEngine On
 OffloadHost 127.0.0.2:8081
@@ -90,6 +93,12 @@ ErrorDocument 404 /errors/404.html
 </Directory>
 <Directory "%[1]s/min">
   OffloadMinSize 6000
+</Directory>
+DirectoryIndex index.html
+<Directory "%[1]s/multi">
+  Options +MultiViews
+  AddLanguage en .en
+  AddLanguage de .de
 </Directory>
 `, a.docroot))
 	offloaded := func(p string) string { return "http://127.0.0.2:8081" + p }
@@ -121,6 +130,19 @@ ErrorDocument 404 /errors/404.html
 	// The files themselves, asked for directly, are offloaded.
 	if resp, _ := getBody(t, a.url+"/listing/HEADER.html", ""); resp.StatusCode != 307 {
 		t.Errorf("HEADER.html asked for directly: %d, want 307", resp.StatusCode)
+	}
+	// A file httpd picked for the path (DirectoryIndex, MultiViews) stays here: the
+	// offload server, asking for the path, could get another one.
+	if resp, body := getBody(t, a.url+"/indexed/", ""); resp.StatusCode != 200 || !strings.Contains(body, "index-marker") {
+		t.Errorf("DirectoryIndex: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if resp, body := getBody(t, a.url+"/multi/guide", "", "Accept-Language", "de"); resp.StatusCode != 200 || !strings.Contains(body, "german-marker") {
+		t.Errorf("MultiViews: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	for _, p := range []string{"/indexed/index.html", "/multi/guide.de.html"} {
+		if resp, _ := getBody(t, a.url+p, ""); resp.StatusCode != 307 {
+			t.Errorf("GET %s: %d, want 307", p, resp.StatusCode)
+		}
 	}
 	// Item 6: an absolute-form request target gives a Location of the path only.
 	hostport := strings.TrimPrefix(a.url, "http://")
