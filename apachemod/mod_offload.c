@@ -124,12 +124,20 @@ typedef struct resolved {
     apr_time_t next_try;        /* when a name that failed is tried again */
 } resolved;
 
+typedef struct {
+    char *scheme;               /* malloc'd; NULL when the line has none */
+    char *host;                 /* malloc'd */
+    apr_port_t port;            /* 0 when the line has none */
+} down_entry;
+
 typedef struct down_file {
     struct down_file *next;
     char *path;                 /* malloc'd */
-    apr_time_t mtime;           /* of text; with size, "changed" means either differs */
+    apr_time_t mtime;           /* of the list; with size, "changed" means either differs */
     apr_off_t size;
-    char *text;                 /* malloc'd, NUL-terminated; NULL: every host up */
+    int read;                   /* the list below is the file's (else: every host up) */
+    down_entry *entries;        /* malloc'd, nentries of them */
+    int nentries;
     apr_status_t failed;        /* the last failure to read it, logged once */
     apr_time_t failed_mtime;
 } down_file;
@@ -625,19 +633,12 @@ static void child_init(apr_pool_t *p, server_rec *s)
     apr_thread_mutex_create(&state_mutex, APR_THREAD_MUTEX_DEFAULT, p);
 }
 
-/* line_names reports whether one line of the host-down file ("[scheme://]host[:port]",
- * an optional weight after it, as copied from OffloadHost) names h. A line without a
- * port names every port of its host; one without a scheme, either scheme. */
-static int line_names(apr_pool_t *p, const char *line, const offload_host *h)
+/* entry_names reports whether a line of the host-down file names h: the same host name
+ * and, when the line has them, the same scheme and port. */
+static int entry_names(const down_entry *e, const offload_host *h)
 {
-    const char *scheme;
-    char *host;
-    apr_port_t port;
-    if (!parse_spec(p, line, &scheme, &host, &port)) {
-        return 0;
-    }
-    return strcasecmp(host, h->name) == 0 && (scheme == NULL || strcasecmp(scheme, h->scheme) == 0) &&
-           (port == 0 || port == host_port(h));
+    return strcasecmp(e->host, h->name) == 0 && (e->scheme == NULL || strcasecmp(e->scheme, h->scheme) == 0) &&
+           (e->port == 0 || e->port == host_port(h));
 }
 
 /* next_line returns the next non-empty line of text (comment, blanks and weight cut off)
@@ -666,26 +667,65 @@ static char *next_line(apr_pool_t *p, const char **text)
     return NULL;
 }
 
-/* check_down_lines logs each line of a freshly read host-down file that names no host. */
-static void check_down_lines(request_rec *r, const offload_conf *c, const down_file *df)
+static void free_entries(down_file *df)
 {
-    const char *text = df->text;
+    int i;
+    for (i = 0; i < df->nentries; i++) {
+        free(df->entries[i].scheme);
+        free(df->entries[i].host);
+    }
+    free(df->entries);
+    df->entries = NULL;
+    df->nentries = 0;
+    df->read = 0;
+}
+
+/* set_entries makes the file's text the list: each line "[scheme://]host[:port]" (as
+ * copied from OffloadHost, a weight after it ignored), a line without a port naming every
+ * port of its host, one without a scheme either scheme. Each line that is not one, or
+ * names no OffloadHost, is logged: the file was just read, so once per change. */
+static void set_entries(request_rec *r, const offload_conf *c, down_file *df, const char *text)
+{
     char *line;
-    int i, n = 0;
+    int i, max = 0;
+    free_entries(df);
+    df->read = 1;
     while ((line = next_line(r->pool, &text)) != NULL) {
+        down_entry e;
+        const char *scheme;
         int named = 0;
-        n++;
+        if (!parse_spec(r->pool, line, &scheme, &e.host, &e.port)) {
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "offload: OffloadHostDownFile %s: '%s' is not "
+                          "[scheme://]host[:port] as in OffloadHost; it takes no host out of rotation", df->path, line);
+            continue;
+        }
+        e.scheme = (char *)scheme;
         for (i = 0; known_hosts != NULL && i < known_hosts->nelts && !named; i++) {
-            named = line_names(r->pool, line, ((offload_host **)known_hosts->elts)[i]);
+            named = entry_names(&e, ((offload_host **)known_hosts->elts)[i]);
         }
         for (i = 0; i < c->hosts->nelts && !named; i++) {
-            named = line_names(r->pool, line, &((offload_host *)c->hosts->elts)[i]);
+            named = entry_names(&e, &((offload_host *)c->hosts->elts)[i]);
         }
         if (!named) {
             ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
                           "offload: OffloadHostDownFile %s: '%s' names no OffloadHost (want [scheme://]host[:port] "
                           "as in OffloadHost); it takes no host out of rotation", df->path, line);
+        } /* kept all the same: an .htaccess read later may name it */
+        if (df->nentries == max) {
+            down_entry *more = realloc(df->entries, sizeof(*more) * (size_t)(max = max ? 2 * max : 8));
+            if (more == NULL) {
+                break;
+            }
+            df->entries = more;
         }
+        e.scheme = scheme ? strdup(scheme) : NULL;
+        e.host = strdup(e.host);
+        if (e.host == NULL || (scheme != NULL && e.scheme == NULL)) {
+            free(e.scheme);
+            free(e.host);
+            break;
+        }
+        df->entries[df->nentries++] = e;
     }
 }
 
@@ -697,7 +737,7 @@ static void mark_down(request_rec *r, const offload_conf *c, int *down)
     apr_status_t rv;
     down_file *df;
     const offload_host *hosts = (const offload_host *)c->hosts->elts;
-    int i;
+    int i, j;
     if (c->down_file == NULL) {
         return;
     }
@@ -716,8 +756,7 @@ static void mark_down(request_rec *r, const offload_conf *c, int *down)
         down_files = df;
     }
     if (rv != APR_SUCCESS && APR_STATUS_IS_ENOENT(rv)) {
-        free(df->text); /* no file: every host is up */
-        df->text = NULL;
+        free_entries(df); /* no file: every host is up */
         df->mtime = 0;
         df->failed = APR_SUCCESS;
     } else if (rv != APR_SUCCESS) {
@@ -726,11 +765,11 @@ static void mark_down(request_rec *r, const offload_conf *c, int *down)
                           "the hosts it lists stay as they were", c->down_file);
             df->failed = rv;
         }
-    } else if (df->text == NULL || df->mtime != fi.mtime || df->size != fi.size) {
+    } else if (!df->read || df->mtime != fi.mtime || df->size != fi.size) {
         apr_file_t *f;
         apr_size_t len = fi.size > 65536 ? 65536 : (apr_size_t)fi.size, got = 0;
-        char *text = malloc(len + 1);
-        rv = text == NULL ? APR_ENOMEM : apr_file_open(&f, c->down_file, APR_FOPEN_READ, 0, r->pool);
+        char *text = apr_palloc(r->pool, len + 1);
+        rv = apr_file_open(&f, c->down_file, APR_FOPEN_READ, 0, r->pool);
         if (rv == APR_SUCCESS) {
             rv = apr_file_read_full(f, text, len, &got);
             apr_file_close(f);
@@ -738,29 +777,20 @@ static void mark_down(request_rec *r, const offload_conf *c, int *down)
         }
         if (rv == APR_SUCCESS) {
             text[got] = '\0';
-            free(df->text);
-            df->text = text;
+            set_entries(r, c, df, text);
             df->mtime = fi.mtime;
             df->size = fi.size;
             df->failed = APR_SUCCESS;
-            check_down_lines(r, c, df);
-        } else {
-            free(text);
-            if (df->failed != rv || df->failed_mtime != fi.mtime) {
-                ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, r, "offload: OffloadHostDownFile %s: cannot read it "
-                              "(Apache's user must be able to); the hosts it lists stay as they were", c->down_file);
-                df->failed = rv;
-                df->failed_mtime = fi.mtime;
-            }
+        } else if (df->failed != rv || df->failed_mtime != fi.mtime) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, r, "offload: OffloadHostDownFile %s: cannot read it "
+                          "(Apache's user must be able to); the hosts it lists stay as they were", c->down_file);
+            df->failed = rv;
+            df->failed_mtime = fi.mtime;
         }
     }
-    if (df->text != NULL) {
-        for (i = 0; i < c->hosts->nelts; i++) {
-            const char *text = df->text;
-            char *line;
-            while (!down[i] && (line = next_line(r->pool, &text)) != NULL) {
-                down[i] = line_names(r->pool, line, &hosts[i]);
-            }
+    for (i = 0; i < c->hosts->nelts; i++) {
+        for (j = 0; j < df->nentries && !down[i]; j++) {
+            down[i] = entry_names(&df->entries[j], &hosts[i]);
         }
     }
     unlock();
