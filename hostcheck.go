@@ -56,6 +56,7 @@ that list changes.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	var last map[string]error
+	lastWriteErr := ""
 	for {
 		failed := redirect.CheckHosts(ctx, hosts, *timeout)
 		if ctx.Err() != nil {
@@ -73,10 +74,15 @@ that list changes.
 		}
 		last = failed
 		if _, err := writeDownFile(*downFile, hosts, failed); err != nil {
-			log.Printf("offload hostcheck: %v", err)
+			if err.Error() != lastWriteErr { // once, not every interval
+				log.Printf("offload hostcheck: %v", err)
+				lastWriteErr = err.Error()
+			}
 			if *once {
 				return 1
 			}
+		} else {
+			lastWriteErr = ""
 		}
 		if *once {
 			if len(failed) > 0 {
