@@ -324,7 +324,7 @@ func (c *conn) begin(raw []byte) {
 		}
 		c.slot = slot
 	}
-	if h := c.srv.cfg.Cache.Lookup(string(r.Path)); h != nil {
+	if h := c.srv.cfg.Cache.LookupFor(string(r.Path), c.client); h != nil {
 		c.respond(h)
 		return
 	}
@@ -487,6 +487,10 @@ func (c *conn) respond(h *cache.Handle) {
 			c.sent = int64(len(buf.B) - headLen) // the multipart body, as Content-Length says
 		}
 		h.Release()
+		// Done once written: the slot goes first, so a client that reads the body and
+		// asks again at once never meets its own finished download.
+		c.srv.cfg.Limiter.EndDownload(c.slot)
+		c.slot = ""
 		c.writev(buf.B, body)
 		c.finish()
 		return

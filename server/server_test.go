@@ -36,7 +36,7 @@ type base struct {
 	delay atomic.Int64 // nanoseconds before each GET's body
 }
 
-func newBase(t *testing.T) *base {
+func newBase(t testing.TB) *base {
 	t.Helper()
 	b := &base{dir: t.TempDir()}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -68,7 +68,7 @@ func newBase(t *testing.T) *base {
 
 // handlerBase is a base server on 127.0.0.1 answering with h, for tests that need a base
 // with behaviour of its own (cut bodies, slow bodies).
-func handlerBase(t *testing.T, h http.HandlerFunc) *base {
+func handlerBase(t testing.TB, h http.HandlerFunc) *base {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -80,7 +80,7 @@ func handlerBase(t *testing.T, h http.HandlerFunc) *base {
 	return b
 }
 
-func (b *base) write(t *testing.T, name string, data []byte) {
+func (b *base) write(t testing.TB, name string, data []byte) {
 	t.Helper()
 	p := filepath.Join(b.dir, filepath.FromSlash(name))
 	os.MkdirAll(filepath.Dir(p), 0o755)
@@ -102,7 +102,7 @@ type testServer struct {
 	c    *cache.Cache
 }
 
-func start(t *testing.T, b *base, mut func(*Config, *limiter.Config, *cache.Config)) *testServer {
+func start(t testing.TB, b *base, mut func(*Config, *limiter.Config, *cache.Config)) *testServer {
 	t.Helper()
 	ccfg := cache.Config{Dir: t.TempDir(), MaxBytes: 1 << 30, Base: b.url, UserAgent: "offload/test", Timeout: 5 * time.Second, Logf: t.Logf}
 	lcfg := limiter.Config{MaxDupes: 1}
