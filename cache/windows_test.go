@@ -24,6 +24,9 @@ type heldBase struct {
 	mu       sync.Mutex
 	hold     chan struct{} // ranged GETs wait for this one to close; a new one for later GETs
 	ranged   int
+	// otherSize makes ranged GETs describe a file of another size, as a base that
+	// ignores If-Range would after the file changed.
+	otherSize bool
 }
 
 // releaseRanged lets the ranged GETs under way go on; later ones wait again.
@@ -61,13 +64,16 @@ func newHeldBase(t *testing.T, data []byte) *heldBase {
 		}
 		hb.mu.Lock()
 		hb.ranged++
-		hold := hb.hold
+		hold, total := hb.hold, len(hb.data)
+		if hb.otherSize {
+			total++
+		}
 		hb.mu.Unlock()
 		a, b, _ := strings.Cut(strings.TrimPrefix(rng, "bytes="), "-")
 		from, _ := strconv.ParseInt(a, 10, 64)
 		last, _ := strconv.ParseInt(b, 10, 64)
 		w.Header().Set("Last-Modified", mod.UTC().Format(http.TimeFormat))
-		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, last, len(hb.data)))
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, last, total))
 		w.Header().Set("Content-Length", strconv.FormatInt(last-from+1, 10))
 		w.WriteHeader(http.StatusPartialContent)
 		w.(http.Flusher).Flush()
@@ -188,4 +194,30 @@ func readAllFrom(t *testing.T, h *Handle) ([]byte, error) {
 		}
 	}
 	return out, nil
+}
+
+// TestWindowOfAnotherFileRefused: a ranged answer that describes a file of another size
+// than the HEAD did is not used as a window; the reader waits for the fill instead.
+func TestWindowOfAnotherFileRefused(t *testing.T) {
+	data := content("other", 24<<20, 1)
+	for _, otherSize := range []bool{false, true} {
+		hb := newHeldBase(t, data)
+		hb.otherSize = otherSize
+		c, err := Open(Config{Dir: t.TempDir(), MaxBytes: 1 << 30, Base: hb.url, Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		h, err := c.GetFrom(ctx, "/f", 20<<20, 0)
+		cancel()
+		if got := err == nil; got == otherSize {
+			t.Errorf("ranged answer for a file of another size %v: window %v (%v)", otherSize, got, err)
+		}
+		if h != nil {
+			h.Release()
+		}
+		close(hb.holdFill)
+		hb.releaseRanged()
+		c.Close()
+	}
 }
