@@ -479,6 +479,12 @@ func TestHeadTwinsOverSocket(t *testing.T) {
 				t.Errorf("%s: HEAD Content-Length %q Content-Range %q, GET %q %q", name, head.Header.Get("Content-Length"),
 					head.Header.Get("Content-Range"), get.Header.Get("Content-Length"), get.Header.Get("Content-Range"))
 			}
+			if get.StatusCode == 416 {
+				size := map[string]int{"/small.bin": len(small), "/big.bin": len(big)}[path]
+				if want := fmt.Sprintf("bytes */%d", size); get.Header.Get("Content-Range") != want {
+					t.Errorf("%s: 416 with Content-Range %q, want %q", name, get.Header.Get("Content-Range"), want)
+				}
+			}
 			if get.StatusCode == 200 || get.StatusCode == 206 {
 				if int64(len(getBody)) != get.ContentLength {
 					t.Errorf("%s: GET body %d bytes, Content-Length %d", name, len(getBody), get.ContentLength)
