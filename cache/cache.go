@@ -149,7 +149,7 @@ func Open(cfg Config) (*Cache, error) {
 	c := &Cache{cfg: cfg, host: up.base.Host, up: up, fills: map[string]*fill{}, heads: map[string]*headCall{},
 		fsync: (*os.File).Sync, windows: map[netip.Addr]int{}, closeq: make(chan *os.File, 4096),
 		stop: make(chan struct{}), idle: map[*entry]struct{}{}}
-	go c.runCloser()
+	go c.runCloser(c.closeq)
 	go c.runJanitor()
 	// Ten counters per entry the cache could hold at 1 MiB an entry; each costs about
 	// 3 bytes of memory, so the cap keeps an idle daemon small on a huge disk.

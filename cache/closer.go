@@ -26,8 +26,8 @@ func (c *Cache) closeNow(f *os.File) {
 	c.Stats.OpenFiles.Add(-1)
 }
 
-func (c *Cache) runCloser() {
-	for f := range c.closeq {
+func (c *Cache) runCloser(q <-chan *os.File) {
+	for f := range q {
 		c.closeNow(f)
 	}
 }
