@@ -65,13 +65,12 @@ func TestLookupNeverOpens(t *testing.T) {
 	data := content("big", 300<<10, 1)
 	b.put("/big", data)
 	c := openCache(t, b, dir, func(c *Config) { c.Revalidate = time.Hour })
-	mustGet(t, c, "/big", data).Release()
+	mustGet(t, c, "/big", data)
 	h := c.Lookup("/big")
 	if h == nil {
 		t.Fatal("Lookup missed an entry whose descriptor the fill left open")
 	}
-	got, _ := readAll(t, h)
-	h.Release()
+	got, _ := readAll(t, h) // releases h
 	if !bytes.Equal(got, data) {
 		t.Fatal("bytes differ")
 	}
@@ -86,7 +85,10 @@ func TestLookupNeverOpens(t *testing.T) {
 		t.Errorf("Lookup left files open: %v", fds)
 	}
 	// Get (off the loop) opens it again, and Lookup shares it.
-	h = mustGet(t, c, "/big", data)
+	h, err := get(t, c, "/big")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if h2 := c.Lookup("/big"); h2 == nil {
 		t.Error("Lookup missed a descriptor a reader holds")
 	} else {
@@ -106,9 +108,11 @@ func TestRemovedEntryClosesWithLastReader(t *testing.T) {
 	data := content("gone", 300<<10, 1)
 	b.put("/gone", data)
 	c := openCache(t, b, dir, nil)
-	h := mustGet(t, c, "/gone", data)
-	h.Release()
-	h = mustGet(t, c, "/gone", data) // a reader of the committed entry
+	mustGet(t, c, "/gone", data) // fills; mustGet releases its handle
+	h, err := get(t, c, "/gone")  // a reader of the committed entry, holding it
+	if err != nil || !h.Hit {
+		t.Fatalf("second Get: %v, hit %v", err, h != nil && h.Hit)
+	}
 	b.del("/gone")
 	if _, err := get(t, c, "/gone"); err == nil {
 		t.Fatal("a file gone on the base was served")
