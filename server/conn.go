@@ -700,6 +700,12 @@ func (c *conn) send() sendResult {
 			continue
 		}
 		n := min(min(c.end, avail)-c.off, budget, maxPerCall)
+		if c.slot != "" && c.ranges == nil && c.off+n == c.end {
+			// The last bytes: the download ends with this write, so its slot goes first,
+			// and a client that reads them and asks again at once is not refused.
+			c.srv.cfg.Limiter.EndDownload(c.slot)
+			c.slot = ""
+		}
 		off := c.h.FileOffset(c.off)
 		var w int
 		if c.copyMode {
