@@ -48,6 +48,7 @@ type serveConfig struct {
 	User          string
 	Fetchers      int
 	Loops         int
+	DiskWorkers   int
 }
 
 // listFlag is a repeatable string flag.
@@ -157,6 +158,7 @@ func parseServeConfig(args []string, stderr io.Writer) (*serveConfig, error) {
 	fset.StringVar(&cfg.User, "user", "", "when started as root: drop to this user after binding")
 	fset.IntVar(&cfg.Fetchers, "fetchers", cfg.Fetchers, "requests in flight to the base, each for HEAD and GET")
 	fset.IntVar(&cfg.Loops, "loops", 0, "event loops (0: one per core)")
+	fset.IntVar(&cfg.DiskWorkers, "disk-workers", 16, "threads that read file pages not in memory, so no event loop waits for the disk (0: the loops read)")
 	fset.StringVar(&configFile, "config", "", "file of name = value lines with the same settings")
 	if err := fset.Parse(args); err != nil {
 		return nil, err
@@ -247,6 +249,8 @@ func (c *serveConfig) check() error {
 		return errors.New("--revalidate and --grace must not be negative")
 	case c.Fetchers <= 0:
 		return errors.New("--fetchers must be positive")
+	case c.DiskWorkers < 0:
+		return errors.New("--disk-workers must not be negative")
 	case c.Cache == "":
 		return errors.New("--cache must name a folder")
 	}
@@ -296,6 +300,7 @@ func serve(cfg *serveConfig, logger *log.Logger, started func(*server.Server)) e
 	}
 	srv, err := server.New(server.Config{
 		Listen: cfg.Listen, Cache: c, AccessLog: alog, Timeout: cfg.Timeout, Loops: cfg.Loops, OnBoot: drop,
+		DiskWorkers: diskWorkers(cfg.DiskWorkers),
 		Limiter: limiter.New(limiter.Config{MaxDupes: cfg.MaxDupes, MaxConnsPerIP: cfg.MaxConnsPerIP,
 			MaxConns: cfg.MaxConns, Trusted: cfg.TrustedProxy}),
 		Logf: logger.Printf,
@@ -390,4 +395,12 @@ func privilegeDrop(cfg *serveConfig) (func() error, error) {
 		}
 		return nil
 	}, nil
+}
+
+// diskWorkers maps the flag (0: none) to server.Config's (negative: none).
+func diskWorkers(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }

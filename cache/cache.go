@@ -36,7 +36,7 @@ type Config struct {
 	// (default 16) and per client address (WindowsPerClient, default 2); a reader past
 	// either waits for the fill.
 	Windows, WindowsPerClient int
-	Logf       func(format string, args ...any)
+	Logf                      func(format string, args ...any)
 }
 
 // Stats counts what the cache did; read it with atomic loads.

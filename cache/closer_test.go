@@ -109,7 +109,7 @@ func TestRemovedEntryClosesWithLastReader(t *testing.T) {
 	b.put("/gone", data)
 	c := openCache(t, b, dir, nil)
 	mustGet(t, c, "/gone", data) // fills; mustGet releases its handle
-	h, err := get(t, c, "/gone")  // a reader of the committed entry, holding it
+	h, err := get(t, c, "/gone") // a reader of the committed entry, holding it
 	if err != nil || !h.Hit {
 		t.Fatalf("second Get: %v, hit %v", err, h != nil && h.Hit)
 	}
@@ -135,4 +135,3 @@ func waitOpen(t *testing.T, c *Cache, want int64) {
 		}
 	}
 }
-

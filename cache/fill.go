@@ -13,7 +13,7 @@ import (
 // fill pulls one version of a file from the base into a .part file while readers follow
 // it. However many clients ask for a cold file, one fill (one GET) serves them all.
 type fill struct {
-	c       *Cache
+	c      *Cache
 	key    string
 	target string        // the base's request-target for key (see target)
 	want   *Meta         // what the HEAD said; the GET must agree

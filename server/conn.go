@@ -106,6 +106,8 @@ type conn struct {
 	// The response under way.
 	h      *cache.Handle // 8 B
 	fd     int           // the data file's descriptor (shared with other readers)
+	disk   *diskJob      // 8 B: the disk pool's read of our next bytes, while it runs
+	loaded int64         // the data file is known in memory below this offset (a worker read it)
 	off    int64         // next body byte to send
 	end    int64         // end of the current range
 	ranges []proto.Range // 24 B: multi-range responses; nil otherwise
@@ -504,7 +506,7 @@ func (c *conn) respond(h *cache.Handle) {
 		return
 	}
 	c.emit(buf.B, nil)
-	c.h, c.fd = h, h.Fd()
+	c.h, c.fd, c.loaded = h, h.Fd(), 0
 	switch {
 	case status == 200:
 		c.off, c.end = 0, m.Size
@@ -679,6 +681,19 @@ func (c *conn) send() sendResult {
 		if c.failed {
 			return sendFailed
 		}
+		if j := c.disk; j != nil {
+			if !j.done.Load() {
+				return sendBlocked // woken for something else: the worker wakes us again
+			}
+			c.disk = nil
+			if j.err != nil {
+				// Never a silently short body: the client sees the connection end.
+				c.srv.cfg.Logf("server: %s: disk read at %d: %v", c.req.Path, j.off, j.err)
+				c.failed = true
+				return sendFailed
+			}
+			c.loaded = j.off + j.n
+		}
 		if c.off >= c.end {
 			if c.ranges == nil || c.part > len(c.ranges) {
 				return sendDone
@@ -700,13 +715,17 @@ func (c *conn) send() sendResult {
 			continue
 		}
 		n := min(min(c.end, avail)-c.off, budget, maxPerCall)
+		off := c.h.FileOffset(c.off)
+		if c.srv.disk != nil && off+n > c.loaded && (!inMemory(c.fd, off) || !inMemory(c.fd, off+n-1)) {
+			// The next bytes are on the disk, not in memory: a worker reads them in.
+			return c.deferToDisk(off, min(int64(diskLoad), c.h.FileOffset(min(c.end, avail))-off))
+		}
 		if c.slot != "" && c.ranges == nil && c.off+n == c.end {
 			// The last bytes: the download ends with this write, so its slot goes first,
 			// and a client that reads them and asks again at once is not refused.
 			c.srv.cfg.Limiter.EndDownload(c.slot)
 			c.slot = ""
 		}
-		off := c.h.FileOffset(c.off)
 		var w int
 		if c.copyMode {
 			w, err = c.copyOut(off, int(n))
@@ -729,8 +748,11 @@ func (c *conn) send() sendResult {
 		case err == unix.EINTR:
 			continue
 		case err != nil:
+			if err == unix.EIO {
+				c.srv.cfg.Logf("server: %s: disk read at %d: %v", c.req.Path, off, err)
+			}
 			c.failed = true
-			return sendFailed // the client went away
+			return sendFailed // the client went away, or the disk failed
 		case w == 0:
 			c.srv.cfg.Logf("server: %s: data file shorter than its metadata", c.req.Path)
 			return sendFailed
@@ -787,6 +809,26 @@ func (c *conn) waitWritable() sendResult {
 		c.srv.cfg.Logf("server: write poller: %v", err)
 		return sendFailed
 	}
+	return sendBlocked
+}
+
+// deferToDisk hands the read of [off, off+n) of the data file to the disk pool and
+// waits for it as for a full socket. The worker reads from a duplicate of the
+// descriptor, which it closes: nothing it holds can be closed under it.
+func (c *conn) deferToDisk(off, n int64) sendResult {
+	fd, err := unix.FcntlInt(uintptr(c.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		c.srv.cfg.Logf("server: %s: dup for a disk read: %v", c.req.Path, err)
+		c.loaded = off + n // send from the loop rather than not at all
+		return c.send()
+	}
+	j := &diskJob{fd: fd, off: off, n: n, wake: c.wake}
+	if !c.srv.disk.submit(j) {
+		unix.Close(fd)
+		return sendFailed
+	}
+	c.disk = j
+	c.srv.metrics.diskDeferrals.Inc()
 	return sendBlocked
 }
 

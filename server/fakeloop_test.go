@@ -252,7 +252,13 @@ func fakeServer(tb testing.TB, b *base, revalidate time.Duration) *Server {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { s.poller.close(); c.Close() })
+	tb.Cleanup(func() {
+		s.poller.close()
+		if s.disk != nil {
+			s.disk.close()
+		}
+		c.Close()
+	})
 	return s
 }
 

@@ -22,6 +22,9 @@ type metrics struct {
 	bytesSent prometheus.Counter
 	refusals  *prometheus.CounterVec
 	inflight  atomic.Int64 // requests being answered: waiting for the base or sending a body
+
+	diskDeferrals prometheus.Counter   // sends that waited for the disk pool
+	diskReads     prometheus.Histogram // how long the disk pool's reads took
 }
 
 func newMetrics(c *cache.Cache, l *limiter.Limiter) *metrics {
@@ -32,6 +35,15 @@ func newMetrics(c *cache.Cache, l *limiter.Limiter) *metrics {
 	m.bytesSent = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "offload_sent_bytes_total", Help: "Body bytes sent to clients.",
 	})
+	m.diskDeferrals = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "offload_disk_deferrals_total",
+		Help: "Sends whose next bytes were not in memory, handed to the disk pool instead of blocking a loop.",
+	})
+	m.diskReads = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "offload_disk_read_seconds",
+		Help:    "How long the disk pool took to read a deferred chunk into memory.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	})
 	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "offload_limiter_refusals_total", Help: "Requests or connections refused by a cap.",
 	}, []string{"cap"})
@@ -40,7 +52,7 @@ func newMetrics(c *cache.Cache, l *limiter.Limiter) *metrics {
 			func() float64 { return float64(v.Load()) })
 	}
 	s := &c.Stats
-	m.registry.MustRegister(m.requests, m.bytesSent, m.refusals,
+	m.registry.MustRegister(m.requests, m.bytesSent, m.refusals, m.diskDeferrals, m.diskReads,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		stat("offload_cache_hits_total", "Requests served from a committed cache entry.", &s.Hits),
 		stat("offload_cache_misses_total", "Requests that needed a fill.", &s.Misses),

@@ -36,8 +36,11 @@ type Config struct {
 	IdleTimeout   time.Duration // keep-alive connections idle this long are closed; default 60 s
 	Loops         int           // event loops; 0: one per core
 	NoSendfile    bool          // copy bodies with pread and Write instead of sendfile(2)
-	OnBoot        func() error  // called once the listeners are bound (privilege drop)
-	Logf          func(format string, args ...any)
+	// DiskWorkers is how many goroutines read data-file pages that are not in memory,
+	// so that no loop waits for the disk; default 16, negative: none (the loop reads).
+	DiskWorkers int
+	OnBoot      func() error // called once the listeners are bound (privilege drop)
+	Logf        func(format string, args ...any)
 }
 
 // Server is the offload server. Create it with New and run it with Serve.
@@ -46,6 +49,7 @@ type Server struct {
 	cfg      Config
 	eng      gnet.Engine
 	poller   *writePoller
+	disk     *diskPool // nil when DiskWorkers < 0
 	metrics  *metrics
 	draining atomic.Bool
 	ready    chan struct{} // closed when the listeners are bound
@@ -77,13 +81,20 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{
+	s := &Server{
 		cfg:     cfg,
 		poller:  p,
 		metrics: newMetrics(cfg.Cache, cfg.Limiter),
 		ready:   make(chan struct{}),
 		conns:   map[*conn]struct{}{},
-	}, nil
+	}
+	if cfg.DiskWorkers == 0 {
+		cfg.DiskWorkers = 16
+	}
+	if cfg.DiskWorkers > 0 {
+		s.disk = newDiskPool(cfg.DiskWorkers, s.metrics)
+	}
+	return s, nil
 }
 
 // Serve binds the listeners and serves until Shutdown; it blocks.
@@ -107,6 +118,9 @@ func (s *Server) Serve() error {
 	err := gnet.Rotate(s, addrs, opts...)
 	close(stopSweep)
 	s.poller.close()
+	if s.disk != nil {
+		s.disk.close()
+	}
 	select {
 	case <-s.ready:
 	default:

@@ -1,0 +1,155 @@
+package server
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// A page-cache miss must never stall an event loop. sendfile(2) from a file whose pages
+// are not in memory sleeps on the disk, and every connection of the loop waits with it.
+// So before it sends a chunk the loop asks, without blocking, whether the chunk's first
+// and last pages are in memory (preadv2 with RWF_NOWAIT, one byte each). On a miss it
+// hands the read to the disk pool and the connection waits, holding nothing but a small
+// job, as it waits for a full socket; a worker reads the pages in (so that the sendfile
+// that follows finds them), hints the kernel to read ahead the next ones, and wakes the
+// connection. As nginx's "aio threads", but the socket stays the loop's: a worker never
+// touches it, and reads from its own duplicate of the data file's descriptor, so neither
+// a close of the connection nor of the file can make it use a reused fd number.
+
+const (
+	// diskLoad is how much one deferral reads in: one turn's budget.
+	diskLoad = maxPerTurn
+	// diskAhead is how far past that the kernel is asked to read ahead, so a sequential
+	// download usually finds its next chunks in memory.
+	diskAhead = 4 << 20
+	// diskChunk is one pread of a worker into its scratch buffer.
+	diskChunk = 64 << 10
+)
+
+// diskJob is one deferred read: the bytes [off, off+n) of a data file.
+type diskJob struct {
+	fd     int // a dup of the data file's descriptor: the worker's, closed by it
+	off, n int64
+	wake   func() // resumes the connection on its loop (gnet's Wake: safe off the loop)
+	done   atomic.Bool
+	err    error // set before done
+}
+
+// diskPool is the bounded set of workers that take page-cache misses off the loops.
+// A connection has at most one job queued or running, so the queue is bounded by the
+// connections.
+type diskPool struct {
+	workers int
+	metrics *metrics
+	// read is pread(2); tests replace it to make a disk fail.
+	read func(fd int, p []byte, off int64) (int, error)
+
+	mu     sync.Mutex // protects jobs and closed
+	cond   *sync.Cond
+	jobs   []*diskJob
+	closed bool
+}
+
+func newDiskPool(workers int, m *metrics) *diskPool {
+	p := &diskPool{workers: workers, metrics: m, read: unix.Pread}
+	p.cond = sync.NewCond(&p.mu)
+	for range workers {
+		go p.run()
+	}
+	return p
+}
+
+// submit queues j; false when the pool is closed.
+func (p *diskPool) submit(j *diskJob) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.jobs = append(p.jobs, j)
+	p.cond.Signal()
+	return true
+}
+
+func (p *diskPool) close() {
+	p.mu.Lock()
+	p.closed = true
+	p.cond.Broadcast()
+	p.mu.Unlock()
+}
+
+func (p *diskPool) run() {
+	buf := make([]byte, diskChunk)
+	for {
+		p.mu.Lock()
+		for len(p.jobs) == 0 && !p.closed {
+			p.cond.Wait()
+		}
+		if len(p.jobs) == 0 {
+			p.mu.Unlock()
+			return
+		}
+		j := p.jobs[0]
+		p.jobs[0] = nil
+		p.jobs = p.jobs[1:]
+		if len(p.jobs) == 0 {
+			p.jobs = nil // let the backing array go
+		}
+		p.mu.Unlock()
+		start := time.Now()
+		j.err = p.load(j, buf)
+		p.metrics.diskReads.Observe(time.Since(start).Seconds())
+		unix.Close(j.fd)
+		j.done.Store(true)
+		j.wake()
+	}
+}
+
+// load reads [off, off+n) so its pages are in memory, and asks the kernel to read
+// ahead what follows.
+func (p *diskPool) load(j *diskJob, buf []byte) error {
+	_ = unix.Fadvise(j.fd, j.off, j.n+diskAhead, unix.FADV_WILLNEED)
+	for off, end := j.off, j.off+j.n; off < end; {
+		r, err := p.read(j.fd, buf[:min(int64(len(buf)), end-off)], off)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return err
+		case r == 0:
+			return nil // past the end: sendfile will say what it thinks
+		}
+		off += int64(r)
+	}
+	return nil
+}
+
+// probeState says whether preadv2's RWF_NOWAIT works on the cache's file system;
+// where it does not (EOPNOTSUPP), the loop cannot tell and sends as before.
+var probeUnsupported atomic.Bool
+
+// inMemory reports whether the byte at off of fd is in the page cache, without
+// blocking: preadv2(RWF_NOWAIT) of one byte.
+func inMemory(fd int, off int64) bool {
+	if probeUnsupported.Load() {
+		return true
+	}
+	var b [1]byte
+	iov := unix.Iovec{Base: &b[0], Len: 1}
+	_, _, errno := unix.RawSyscall6(unix.SYS_PREADV2, uintptr(fd), uintptr(unsafe.Pointer(&iov)), 1,
+		uintptr(off), 0, unix.RWF_NOWAIT)
+	switch errno {
+	case 0:
+		return true
+	case unix.EAGAIN:
+		return false
+	case unix.EOPNOTSUPP, unix.EINVAL, unix.ENOSYS:
+		probeUnsupported.Store(true)
+	}
+	return true // other errors: let sendfile meet them and say so
+}

@@ -1,0 +1,191 @@
+package server
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/modoffload/offload/cache"
+	"github.com/modoffload/offload/limiter"
+)
+
+// evict empties the page cache of every file under dir, as a cold offload host's disk
+// is: fdatasync, then POSIX_FADV_DONTNEED. It skips the test where that does not work.
+func evict(t *testing.T, dir string) {
+	t.Helper()
+	n := 0
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return nil
+		}
+		defer f.Close()
+		unix.Fdatasync(int(f.Fd()))
+		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+			t.Skipf("fadvise: %v", err)
+		}
+		if inMemory(int(f.Fd()), cache.HeaderSize) && !probeUnsupported.Load() {
+			t.Skipf("%s stays in the page cache after POSIX_FADV_DONTNEED here (tmpfs?)", path)
+		}
+		n++
+		return nil
+	})
+	if n == 0 {
+		t.Fatalf("no data file under %s", dir)
+	}
+}
+
+// TestColdPagesGoToTheDiskPool: a download whose pages were evicted from the page cache
+// is read in by the disk pool, not by sendfile on the loop, and arrives intact.
+func TestColdPagesGoToTheDiskPool(t *testing.T) {
+	b := newBase(t)
+	data := randomBytes(24 << 20)
+	b.write(t, "/cold.bin", data)
+	dir := t.TempDir()
+	s := start(t, b, func(_ *Config, _ *limiter.Config, cc *cache.Config) { cc.Dir = dir })
+	httpGetWithin(t, 20*time.Second, s.url+"/cold.bin")
+	before := metricValue(t, s.Server, "offload_disk_deferrals_total")
+	evict(t, dir)
+	resp, body := httpGetWithin(t, 20*time.Second, s.url+"/cold.bin")
+	if resp.StatusCode != 200 || !bytes.Equal(body, data) {
+		t.Fatalf("cold download: %d, %d bytes, equal %v", resp.StatusCode, len(body), bytes.Equal(body, data))
+	}
+	deferred := metricValue(t, s.Server, "offload_disk_deferrals_total") - before
+	if deferred < 1 {
+		t.Fatalf("no send was deferred to the disk pool for a file not in memory")
+	}
+	// Read-ahead: a 24 MiB download needs far fewer deferrals than its 1 MiB turns.
+	t.Logf("%v deferrals for 24 MiB", deferred)
+	if deferred > 12 {
+		t.Errorf("%v deferrals for 24 MiB: the read-ahead hint did not help", deferred)
+	}
+	// A warm download defers nothing.
+	before = metricValue(t, s.Server, "offload_disk_deferrals_total")
+	httpGetWithin(t, 20*time.Second, s.url+"/cold.bin")
+	if d := metricValue(t, s.Server, "offload_disk_deferrals_total") - before; d != 0 {
+		t.Errorf("%v deferrals for a file in memory", d)
+	}
+	if metricValue(t, s.Server, "offload_disk_read_seconds") < deferred {
+		t.Error("the disk read histogram did not count the deferred reads")
+	}
+}
+
+// TestDiskErrorEndsOneConnection: a read error (EIO) in the middle of a cold download
+// ends that connection early — never a short 200 that looks complete — is logged, and
+// the other downloads on the server go on untouched.
+func TestDiskErrorEndsOneConnection(t *testing.T) {
+	b := newBase(t)
+	bad, good := randomBytes(8<<20), randomBytes(8<<20+1) // told apart by size
+	b.write(t, "/bad.bin", bad)
+	b.write(t, "/good.bin", good)
+	dir := t.TempDir()
+	var logMu sync.Mutex
+	var logs strings.Builder
+	s := start(t, b, func(c *Config, _ *limiter.Config, cc *cache.Config) {
+		cc.Dir = dir
+		c.Logf = func(f string, args ...any) {
+			logMu.Lock()
+			defer logMu.Unlock()
+			logs.WriteString(strings.TrimSpace(fmt.Sprintf(f, args...)) + "\n")
+		}
+	})
+	httpGetWithin(t, 20*time.Second, s.url+"/bad.bin")
+	httpGetWithin(t, 20*time.Second, s.url+"/good.bin")
+	evict(t, dir)
+	// Every disk read of /bad.bin's data file past 3 MiB fails, as a bad sector would.
+	var badStat unix.Stat_t
+	if err := unix.Stat(dataFileOf(t, dir, len(bad)), &badStat); err != nil {
+		t.Fatal(err)
+	}
+	s.disk.read = func(fd int, p []byte, off int64) (int, error) {
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil && st.Ino == badStat.Ino && off >= 3<<20 {
+			return 0, unix.EIO
+		}
+		return unix.Pread(fd, p, off)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		resp, err := http.Get(s.url + "/bad.bin")
+		if err != nil {
+			t.Errorf("bad.bin: %v", err)
+			return
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil || len(got) >= len(bad) {
+			t.Errorf("bad.bin: %d bytes, err %v: want the connection cut short", len(got), err)
+		}
+		if !bytes.Equal(got, bad[:len(got)]) {
+			t.Error("bad.bin: the bytes before the error differ")
+		}
+	}()
+	resp, body := httpGetWithin(t, 20*time.Second, s.url+"/good.bin")
+	if resp.StatusCode != 200 || !bytes.Equal(body, good) {
+		t.Errorf("good.bin beside the failing one: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	wg.Wait()
+	logMu.Lock()
+	defer logMu.Unlock()
+	if !strings.Contains(logs.String(), "disk read at") {
+		t.Errorf("the disk error was not logged:\n%s", logs.String())
+	}
+}
+
+// dataFileOf finds the data file whose body is size bytes.
+func dataFileOf(t *testing.T, dir string, size int) string {
+	t.Helper()
+	var found string
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if st, err := os.Stat(path); err == nil && st.Size() == int64(size)+cache.HeaderSize {
+				found = path
+			}
+		}
+		return nil
+	})
+	if found == "" {
+		t.Fatalf("no data file of %d bytes", size)
+	}
+	return found
+}
+
+// metricValue reads an unlabelled counter, gauge, or a histogram's count.
+func metricValue(t *testing.T, s *Server, name string) float64 {
+	t.Helper()
+	families, err := s.metrics.registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name || len(f.GetMetric()) == 0 {
+			continue
+		}
+		m := f.GetMetric()[0]
+		switch {
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue()
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue()
+		case m.GetHistogram() != nil:
+			return float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
