@@ -17,7 +17,7 @@ import (
 func runBench(args []string) int {
 	fset := flag.NewFlagSet("offload bench", flag.ContinueOnError)
 	fset.Usage = func() {
-		fmt.Fprintln(fset.Output(), "usage: offload bench [-c CONNS] [-n REQUESTS | -d DURATION] [--rate BYTES/s] [--range] [--keepalive] [--verify] [--pid PID] [--json] URL...")
+		fmt.Fprintln(fset.Output(), "usage: offload bench [-c CONNS] [-n REQUESTS | -d DURATION] [--rate BYTES/s] [--range] [--keepalive] [--verify] [--pid PID] [--drop-cache DIR]... [--probe URL] [--json] URL...")
 		fset.PrintDefaults()
 	}
 	var cfg bench.Config
@@ -32,6 +32,9 @@ func runBench(args []string) int {
 	fset.BoolVar(&cfg.Verify, "verify", false, "sha256 every full body; bodies of one URL must agree")
 	fset.IntVar(&cfg.PID, "pid", 0, "sample this process's RSS (the server under test)")
 	fset.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	fset.Var(&listFlag{vals: &cfg.DropCache}, "drop-cache", "evict the files under this folder from the page cache before the run (repeatable): a cold-disk run")
+	fset.StringVar(&cfg.Probe, "probe", "", "a hot URL to ask for in a loop during the run, to measure its latency")
+	fset.IntVar(&cfg.ProbeConns, "probe-conns", 2, "keep-alive connections of the --probe")
 	if err := fset.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

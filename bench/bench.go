@@ -37,6 +37,14 @@ type Config struct {
 	Verify    bool          // sha256 every full body; all bodies of one URL must agree
 	PID       int           // sample this process's RSS; 0: none
 	Progress  io.Writer     // progress lines, once a second; nil: none
+	// DropCache names folders whose files are evicted from the page cache before the
+	// run (fdatasync, then POSIX_FADV_DONTNEED), so the server reads them from disk.
+	DropCache []string
+	// Probe is a URL (a small hot file) that ProbeConns keep-alive connections ask for
+	// in a loop while the run goes on: its latency shows whether the other clients'
+	// work stalls the server.
+	Probe      string
+	ProbeConns int
 }
 
 // Result is what a run measured.
@@ -59,6 +67,15 @@ type Result struct {
 	SHA256        map[string]string `json:"sha256,omitempty"`
 	ClientCPU     float64           `json:"client_cpu_percent"`
 	RaisedFDLimit uint64            `json:"fd_limit"`
+	Dropped       int               `json:"dropped_files,omitempty"` // files evicted from the page cache first
+	Probe         *ProbeResult      `json:"probe,omitempty"`
+}
+
+// ProbeResult is what the hot-file probe measured during the run.
+type ProbeResult struct {
+	Requests int64       `json:"requests"`
+	Errors   int64       `json:"errors"`
+	Latency  Percentiles `json:"latency_ms"`
 }
 
 // Percentiles of a latency, in milliseconds.
@@ -92,10 +109,17 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Requests <= 0 && cfg.Duration <= 0 {
 		cfg.Duration = 10 * time.Second
 	}
-	for _, u := range cfg.URLs {
+	for _, u := range append(cfg.URLs[:len(cfg.URLs):len(cfg.URLs)], cfg.Probe) {
+		if u == cfg.Probe && u == "" {
+			continue
+		}
 		if pu, err := url.Parse(u); err != nil || pu.Scheme != "http" || pu.Host == "" {
 			return nil, fmt.Errorf("bench: %q: want http://host[:port]/path", u)
 		}
+	}
+	dropped, err := DropPageCache(cfg.DropCache)
+	if err != nil {
+		return nil, err
 	}
 	limit, err := raiseFDLimit(uint64(cfg.Conns) + 256)
 	if err != nil {
@@ -103,6 +127,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	r := &run{cfg: cfg, sums: map[string]string{}}
 	r.res.Statuses = map[int]int64{}
+	r.res.Dropped = dropped
 	r.res.RaisedFDLimit = limit
 	if cfg.PID > 0 {
 		r.res.BaseRSS = rss(cfg.PID)
@@ -122,6 +147,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	samplerDone := make(chan struct{})
 	go r.sample(ctx, samplerDone, start)
 
+	var probe *prober
+	if cfg.Probe != "" {
+		probe = startProbe(ctx, cfg.Probe, max(cfg.ProbeConns, 1))
+	}
 	var wg sync.WaitGroup
 	dials := make(chan struct{}, 256) // connections being set up at once: the listen backlog is finite
 	for i := range cfg.Conns {
@@ -134,6 +163,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	wg.Wait()
 	cancel()
 	<-samplerDone
+	if probe != nil {
+		r.res.Probe = probe.wait()
+	}
 	elapsed := time.Since(start)
 	var ru1 syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
@@ -218,10 +250,10 @@ func (r *run) worker(ctx context.Context, id int, dials chan struct{}) {
 				}
 				var err error
 				if c, err = r.dial(ctx, u.Host, dials); err != nil {
-					r.fail(err)
-					if ctx.Err() != nil {
-						return
+					if r.over(ctx) {
+						return // a dial cut by the end of the run is no error
 					}
+					r.fail(err)
 					break
 				}
 			}
@@ -232,7 +264,7 @@ func (r *run) worker(ctx context.Context, id int, dials chan struct{}) {
 			}
 			if err != nil || loc == "" {
 				if err != nil {
-					if ctx.Err() != nil && errors.Is(err, errStopped) {
+					if r.over(ctx) && errors.Is(err, errStopped) {
 						return
 					}
 					r.fail(err)
@@ -374,8 +406,14 @@ func (r *run) request(ctx context.Context, c *clientConn, u *url.URL, rng *rand.
 	return "", keep, nil
 }
 
+// over reports whether the run has ended: canceled, or past its deadline (a dial or
+// read that the deadline cut can return before the context says so).
+func (r *run) over(ctx context.Context) bool {
+	return ctx.Err() != nil || !r.deadline.IsZero() && !time.Now().Before(r.deadline)
+}
+
 func (r *run) stopped(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
+	if r.over(ctx) {
 		return errStopped
 	}
 	return err

@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -69,5 +71,50 @@ func TestRandomRanges(t *testing.T) {
 	}
 	if res.Errors != 0 || res.Statuses[206] < 90 {
 		t.Fatalf("ranges inside a 5,000-byte file: %+v", res)
+	}
+}
+
+// TestDurationRunHasNoPhantomErrors: the dials and requests cut by the end of a
+// duration-bound run are not errors (they once showed as "dial tcp: i/o timeout").
+func TestDurationRunHasNoPhantomErrors(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(strings.Repeat("y", 1024)))
+	}))
+	defer srv.Close()
+	for range 3 {
+		res, err := Run(context.Background(), Config{URLs: []string{srv.URL + "/"}, Conns: 20, Duration: 700 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Errors != 0 || res.Requests == 0 {
+			t.Fatalf("%d errors (%v) in %d requests", res.Errors, res.ErrorSamples, res.Requests)
+		}
+	}
+}
+
+// TestColdDiskAndProbe: --drop-cache evicts the files of a folder from the page cache
+// before the run, and --probe measures a hot URL's latency during it.
+func TestColdDiskAndProbe(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"a.bin", "b.bin"} {
+		if err := os.WriteFile(filepath.Join(dir, name), make([]byte, 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
+	defer srv.Close()
+	res, err := Run(context.Background(), Config{URLs: []string{srv.URL + "/a.bin", srv.URL + "/b.bin"}, Conns: 2,
+		Duration: 500 * time.Millisecond, DropCache: []string{dir}, Probe: srv.URL + "/a.bin", ProbeConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Dropped != 2 {
+		t.Errorf("dropped %d files, want 2", res.Dropped)
+	}
+	if res.Probe == nil || res.Probe.Requests == 0 || res.Probe.Errors != 0 || res.Probe.Latency.P99 <= 0 {
+		t.Errorf("probe: %+v", res.Probe)
+	}
+	if _, err := DropPageCache([]string{filepath.Join(dir, "missing")}); err == nil {
+		t.Error("a missing folder was not an error")
 	}
 }

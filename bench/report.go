@@ -27,6 +27,13 @@ func WriteTable(w io.Writer, cfg Config, r *Result) {
 	if r.PeakRSS > 0 {
 		fmt.Fprintf(w, "  target RSS   %s before, %s peak, %s per open connection\n", size(float64(r.BaseRSS)), size(float64(r.PeakRSS)), size(r.RSSPerConn))
 	}
+	if r.Dropped > 0 {
+		fmt.Fprintf(w, "  cold disk    %d files evicted from the page cache first\n", r.Dropped)
+	}
+	if p := r.Probe; p != nil {
+		fmt.Fprintf(w, "  probe        %d requests, %d errors; p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  max %.2f ms\n",
+			p.Requests, p.Errors, p.Latency.P50, p.Latency.P90, p.Latency.P99, p.Latency.Max)
+	}
 	fmt.Fprintf(w, "  client CPU   %.0f%% of one core\n", r.ClientCPU)
 	for _, e := range r.ErrorSamples {
 		fmt.Fprintf(w, "  error: %s\n", e)
