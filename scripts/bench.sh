@@ -4,7 +4,8 @@
 # are missing (as root, via apt-get), makes the data set, runs the four measurements of
 # issue #5 and writes bench-results.md (also printed). Takes a few minutes.
 #   scripts/bench.sh [OUTPUT.md]
-# Environment: ROUNDS (default 3), SLOW_CONNS (10000), SLOW_SECS (20), SLOW_RATE (4K).
+# Environment: ROUNDS (default 3), SLOW_CONNS (10000), SLOW_SECS (20), SLOW_RATE (4K),
+# COLD_MB (128: size of each of the 8 cold files of 5.), ONLY=cold (run 5. alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench-results.md}
@@ -39,6 +40,8 @@ head -c $((10 << 20)) /dev/urandom > "$work/www/10m.bin"
 head -c $((1 << 30)) /dev/urandom > "$work/www/1g.bin"
 head -c $((100 << 20)) /dev/urandom > "$work/www/cold100m.bin"
 cp "$work/www/cold100m.bin" "$work/www/cold100m-paced.bin"
+COLD_MB=${COLD_MB:-128}
+for i in 1 2 3 4 5 6 7 8; do head -c $((COLD_MB << 20)) /dev/urandom > "$work/www/disk$i.bin"; done
 chmod 644 "$work"/www/*
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -60,7 +63,7 @@ http {
   fastcgi_temp_path $work/$1/fcgi; uwsgi_temp_path $work/$1/uwsgi; scgi_temp_path $work/$1/scgi;
   sendfile on; tcp_nopush on; keepalive_requests 1000000; keepalive_timeout 60s;
   default_type application/octet-stream;
-  server { listen 127.0.0.1:$2; root $work/www; }
+  server { listen 127.0.0.1:$2; root $work/www; ${3:-} }
 }
 CONF
   "$NGINX" -c "$work/$1/nginx.conf" -e "$work/$1/error.log" &
@@ -68,6 +71,8 @@ CONF
 }
 nginx_conf base "$BASE_PORT"
 nginx_conf peer "$NGINX_PORT"
+AIO_PORT=$(free_port)
+nginx_conf aio "$AIO_PORT" "aio threads;"
 start_offload() {
   "$work/offload" serve --base "http://127.0.0.1:$BASE_PORT" --listen "127.0.0.1:$OFF_PORT" --admin "127.0.0.1:$ADMIN_PORT" \
     --cache "$work/cache" --max-dupes 0 --revalidate 1h --loops 1 2>> "$work/offload.log" &
@@ -78,11 +83,54 @@ start_offload() {
 start_offload
 OFF="http://127.0.0.1:$OFF_PORT"; NGX="http://127.0.0.1:$NGINX_PORT"
 
-echo "bench: warming the offload cache"
-for f in 1k.bin 100k.bin 10m.bin 1g.bin; do curl -sf -o /dev/null "$OFF/$f"; curl -sf -o /dev/null "$NGX/$f"; done
+cold_disk() {
+  echo "bench: 5. cold disk: 8 clients read 8 different cached ${COLD_MB} MiB files, page cache emptied first, while a probe asks for the hot 1 KiB file"
+  local urls_off="" urls_ngx="" urls_aio=""
+  for i in 1 2 3 4 5 6 7 8; do
+    curl -sf -o /dev/null "$OFF/disk$i.bin"
+    urls_off="$urls_off $OFF/disk$i.bin"; urls_ngx="$urls_ngx $NGX/disk$i.bin"; urls_aio="$urls_aio http://127.0.0.1:$AIO_PORT/disk$i.bin"
+  done
+  curl -sf -o /dev/null "$OFF/1k.bin"; curl -sf -o /dev/null "$OFF/1k.bin"
+  : > "$work/cold_rows"
+  for round in $(seq "$ROUNDS"); do
+    for t in off ngx aio; do
+      case $t in off) urls=$urls_off; probe=$OFF/1k.bin ;; ngx) urls=$urls_ngx; probe=$NGX/1k.bin ;; aio) urls=$urls_aio; probe=http://127.0.0.1:$AIO_PORT/1k.bin ;; esac
+      # shellcheck disable=SC2086
+      "$work/offload" bench -c 8 -n 8 --drop-cache "$work/www" --drop-cache "$work/cache" --probe "$probe" --json $urls > "$work/disk_$t.json" || true
+      echo "$t $(jget "$work/disk_$t.json" "['probe']['latency_ms']['P99']") $(jget "$work/disk_$t.json" "['bytes_per_second']")" >> "$work/cold_rows"
+    done
+  done
+  D_P99_OFF=$(awk '$1=="off" {print $2}' "$work/cold_rows" | median); D_BPS_OFF=$(awk '$1=="off" {print $3}' "$work/cold_rows" | median)
+  D_P99_NGX=$(awk '$1=="ngx" {print $2}' "$work/cold_rows" | median); D_BPS_NGX=$(awk '$1=="ngx" {print $3}' "$work/cold_rows" | median)
+  D_P99_AIO=$(awk '$1=="aio" {print $2}' "$work/cold_rows" | median); D_BPS_AIO=$(awk '$1=="aio" {print $3}' "$work/cold_rows" | median)
+  DEFER=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^offload_disk_deferrals_total/ {print $2}')
+  COLD_TABLE=$(cat <<TABLE
+5. Cold disk: 8 clients each read a different cached ${COLD_MB} MiB file with the page cache of the files emptied first
+(offload bench --drop-cache), while 2 keep-alive connections ask for a hot 1 KiB file (--probe); medians of $ROUNDS rounds.
 
+| server | p99 of the hot 1 KiB file, ms | aggregate MiB/s of the 8 cold readers |
+| --- | --- | --- |
+| offload (--disk-workers 16) | $D_P99_OFF | $(awk -v v="$D_BPS_OFF" 'BEGIN{printf "%.0f", v/1048576}') |
+| nginx, sendfile on | $D_P99_NGX | $(awk -v v="$D_BPS_NGX" 'BEGIN{printf "%.0f", v/1048576}') |
+| nginx, sendfile on + aio threads | $D_P99_AIO | $(awk -v v="$D_BPS_AIO" 'BEGIN{printf "%.0f", v/1048576}') |
+
+offload / nginx-aio: hot p99 $(ratio "$D_P99_OFF" "$D_P99_AIO") (lower is better), cold throughput $(ratio "$D_BPS_OFF" "$D_BPS_AIO").
+offload deferred $DEFER sends to its disk pool (offload_disk_deferrals_total).
+TABLE
+)
+}
+jget() { python3 -c "import json,sys; d=json.load(open('$1')); print(d$2)"; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+if [ "${ONLY:-}" = cold ]; then
+  cold_disk
+  { echo "# offload benchmark results (cold disk only)"; echo; echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, Linux $(uname -r)."; echo; echo "$COLD_TABLE"; } > "$out"
+  cat "$out"
+  exit 0
+fi
+
+echo "bench: warming the offload cache"
+for f in 1k.bin 100k.bin 10m.bin 1g.bin; do curl -sf -o /dev/null "$OFF/$f"; curl -sf -o /dev/null "$NGX/$f"; done
 
 echo "bench: 1. one client, cached 1 GiB file ($ROUNDS rounds each, alternating)"
 : > "$work/t_off"; : > "$work/t_ngx"
@@ -112,7 +160,6 @@ NGINX_WORKER=$(pgrep -P "$(cat "$work/peer/nginx.pid")" | head -1)
 curl -sf -o /dev/null -r 0-0 "$NGX/10m.bin"
 "$work/offload" bench -c "$SLOW_CONNS" -d "${SLOW_SECS}s" --rate "$SLOW_RATE" --pid "$OFF_PID" --json "$OFF/10m.bin" > "$work/slow_off.json" || true
 "$work/offload" bench -c "$SLOW_CONNS" -d "${SLOW_SECS}s" --rate "$SLOW_RATE" --pid "$NGINX_WORKER" --json "$NGX/10m.bin" > "$work/slow_ngx.json" || true
-jget() { python3 -c "import json,sys; d=json.load(open('$1')); print(d$2)"; }
 S_OFF=$(jget "$work/slow_off.json" "['target_rss_per_connection_bytes']"); S_NGX=$(jget "$work/slow_ngx.json" "['target_rss_per_connection_bytes']")
 P_OFF=$(jget "$work/slow_off.json" "['peak_open_connections']"); P_NGX=$(jget "$work/slow_ngx.json" "['peak_open_connections']")
 PR_OFF=$(jget "$work/slow_off.json" "['target_peak_rss_bytes']"); PR_NGX=$(jget "$work/slow_ngx.json" "['target_peak_rss_bytes']")
@@ -133,6 +180,7 @@ C_TTLB50=$(jget "$work/cold.json" "['last_byte_ms']['P50']"); C_TTLB99=$(jget "$
 sleep 1
 P_GETS=$(grep -c '"GET /cold100m-paced.bin' "$work/base/access.log" || true)
 P_TTFB50=$(jget "$work/cold_paced.json" "['first_byte_ms']['P50']"); P_TTFB99=$(jget "$work/cold_paced.json" "['first_byte_ms']['P99']")
+cold_disk
 BASE_TTFB=$(curl -s -o /dev/null -w '%{time_starttransfer}' -H 'X-Mod-Offload-Bypass: true' "http://127.0.0.1:$BASE_PORT/cold100m.bin" | awk '{printf "%.2f", $1*1000}')
 
 {
@@ -153,6 +201,8 @@ BASE_TTFB=$(curl -s -o /dev/null -w '%{time_starttransfer}' -H 'X-Mod-Offload-By
   echo "the base saw $GETS GET and $HEADS HEAD for it; first byte p50 ${C_TTFB50} ms, p99 ${C_TTFB99} ms; last byte p50 ${C_TTLB50} ms, p99 ${C_TTLB99} ms."
   echo "With the 100 clients reading 1 MiB/s each: the base saw $P_GETS GET; first byte p50 ${P_TTFB50} ms, p99 ${P_TTFB99} ms"
   echo "(the base's own time to first byte for that file: ${BASE_TTFB} ms)."
+  echo
+  echo "$COLD_TABLE"
   echo
   echo "offload bench's own CPU during 3.: $(printf "%.0f" "$CPU_B")% of one core. Reproduce: \`scripts/bench.sh\`."
 } > "$out"
