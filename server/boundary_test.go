@@ -626,3 +626,66 @@ func TestQueryTwins(t *testing.T) {
 		t.Errorf("base saw %d HEADs, want 2 (refused requests ask it nothing)", n)
 	}
 }
+
+// TestShutdownTwins: on Shutdown an idle keep-alive connection is closed at once, a new
+// one gets no answer, and a download under way runs to its last byte (then its
+// connection closes, though it asked for keep-alive); Shutdown returns after it.
+func TestShutdownTwins(t *testing.T) {
+	b := newBase(t)
+	data := randomBytes(8 << 20)
+	b.write(t, "/dl.bin", data)
+	b.write(t, "/s.txt", []byte("s"))
+	s := start(t, b, noCap)
+	httpGetWithin(t, 20*time.Second, s.url+"/dl.bin") // cached
+
+	idle, idleBr := dial(t, s.addr)
+	if resp, _ := exchange(t, idle, idleBr, "GET", "GET /s.txt HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 || resp.Close {
+		t.Fatalf("idle connection's request: %d close %v", resp.StatusCode, resp.Close)
+	}
+	busy, busyBr := dial(t, s.addr)
+	busy.(*net.TCPConn).SetReadBuffer(16 << 10)
+	fmt.Fprintf(busy, "GET /dl.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(busyBr, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("download: %v", err)
+	}
+	// A download counts as under way only a moment after its head is out, and a Shutdown
+	// in that window does not wait for it; this test is about the drain, so it waits.
+	for deadline := time.Now().Add(2 * time.Second); s.Downloads() != 1 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		done <- s.Shutdown(ctx)
+	}()
+	if !closedByServer(t, idle, idleBr) {
+		t.Error("idle keep-alive connection not closed on Shutdown")
+	}
+	select {
+	case <-done:
+		t.Fatal("Shutdown returned while a download was under way")
+	default:
+	}
+	if late, err := net.Dial("tcp", s.addr); err == nil {
+		late.SetDeadline(time.Now().Add(3 * time.Second))
+		fmt.Fprintf(late, "GET /s.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+		if resp, err := http.ReadResponse(bufio.NewReader(late), nil); err == nil {
+			t.Errorf("a connection opened during Shutdown was answered: %d", resp.StatusCode)
+		}
+		late.Close()
+	}
+	got, err := io.ReadAll(resp.Body)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("download under way at Shutdown: %v, %d of %d bytes", err, len(got), len(data))
+	}
+	if !closedByServer(t, busy, busyBr) {
+		t.Error("connection left open after its download during Shutdown")
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return after the download ended")
+	}
+}
