@@ -220,6 +220,7 @@ func (c *Cache) remove(e *entry) {
 	if e.file != nil && e.file.refs == 0 {
 		c.closeLater(e.file.f) // the disk space comes back with the last close
 		e.file = nil
+		c.unidle(e)
 	}
 	e.mu.Unlock()
 }
@@ -546,6 +547,9 @@ func (e *entry) acquireOpen() *sharedFile {
 	if e.file == nil {
 		return nil
 	}
+	if e.file.refs == 0 {
+		e.c.unidle(e) // idle no more
+	}
 	e.file.refs++
 	return e.file
 }
@@ -568,10 +572,27 @@ func (e *entry) releaseFile(sf *sharedFile) {
 		return
 	}
 	sf.idle = time.Now().UnixNano()
-	e.c.idleOpen.Add(1)
-	e.c.idleMu.Lock()
-	e.c.idle[e] = struct{}{}
-	e.c.idleMu.Unlock()
+	e.c.setIdle(e)
+}
+
+// setIdle and unidle keep c.idle, the entries whose descriptor is open with no reader,
+// and its size idleOpen; the caller holds e.mu.
+func (c *Cache) setIdle(e *entry) {
+	c.idleMu.Lock()
+	defer c.idleMu.Unlock()
+	if _, ok := c.idle[e]; !ok {
+		c.idle[e] = struct{}{}
+		c.idleOpen.Add(1)
+	}
+}
+
+func (c *Cache) unidle(e *entry) {
+	c.idleMu.Lock()
+	defer c.idleMu.Unlock()
+	if _, ok := c.idle[e]; ok {
+		delete(c.idle, e)
+		c.idleOpen.Add(-1)
+	}
 }
 
 // keepIdle gives a new entry a descriptor of its own, a dup of the fill's, kept open
@@ -587,10 +608,7 @@ func (c *Cache) keepIdle(e *entry, f *os.File) {
 	unix.CloseOnExec(fd)
 	c.Stats.OpenFiles.Add(1)
 	e.file = &sharedFile{f: os.NewFile(uintptr(fd), e.path), idle: time.Now().UnixNano()}
-	c.idleOpen.Add(1)
-	c.idleMu.Lock()
-	c.idle[e] = struct{}{}
-	c.idleMu.Unlock()
+	c.setIdle(e)
 }
 
 // keepOpen is how long a data file stays open after its last reader, and maxIdleOpen
@@ -623,10 +641,7 @@ func (c *Cache) closeIdle(all bool) {
 			e.mu.Unlock()
 			continue
 		}
-		c.idleMu.Lock()
-		delete(c.idle, e)
-		c.idleMu.Unlock()
-		c.idleOpen.Add(-1)
+		c.unidle(e)
 		e.mu.Unlock()
 	}
 }

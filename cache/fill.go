@@ -185,7 +185,16 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b
 // run is the fill: GET, check, copy into the .part file, then commit or clean up.
 func (f *fill) run() {
 	c := f.c
-	c.up.gets <- struct{}{}
+	select {
+	case c.up.gets <- struct{}{}:
+	case <-f.ctx.Done():
+		// A window whose reader left while it waited for a GET slot: no GET at all.
+		f.mu.Lock()
+		f.err, f.done = &Error{Status: 503, Reason: "request canceled", Err: f.ctx.Err()}, true
+		f.mu.Unlock()
+		close(f.ready)
+		return
+	}
 	defer func() { <-c.up.gets }()
 	// A finished fill leaves the map before it wakes its readers for the last time, so
 	// a later request finds the committed entry (or starts afresh), never a dead fill.

@@ -93,6 +93,10 @@ type conn struct {
 	closed   atomic.Bool  // OnClose ran
 	// wakeQueued is set while a fill's wake-up of this connection is queued.
 	wakeQueued atomic.Bool
+	// fillWaiting is set while fillWake is registered with the fill we follow, so that
+	// each turn does not add another (a client's every segment is a turn).
+	fillWaiting atomic.Bool
+	fillWake    func() // 8 B: made on first use
 	pending    atomic.Pointer[result] // 8 B: the cache's answer, while phaseWait
 
 	req    proto.Request              // ~330 B
@@ -259,7 +263,7 @@ func (c *conn) closeAfterAnswer() bool { return !c.keepAlive || c.srv.draining.L
 func (c *conn) linger() gnet.Action {
 	if c.phase != phaseLinger {
 		c.phase = phaseLinger
-		c.idle.Store(true) // a drain closes it at once
+		c.idle.Store(!c.outPending()) // a drain closes it at once, once the answer is out
 		c.setDeadline(lingerTime)
 	}
 	if c.outPending() {
@@ -282,7 +286,7 @@ func (c *conn) linger() gnet.Action {
 
 // between readies the connection for the next request.
 func (c *conn) between() {
-	c.idle.Store(true)
+	c.idle.Store(!c.outPending()) // flush sets it once the answer is out
 	c.setDeadline(c.srv.cfg.IdleTimeout)
 }
 
@@ -576,8 +580,13 @@ func (c *conn) emit(head, body []byte) {
 	}
 }
 
-// queue keeps bytes the socket did not take, in order.
+// queue keeps bytes the socket did not take, in order. While any wait, the answer is
+// in flight: a drain waits for it and does not take the connection for idle.
 func (c *conn) queue(head, body []byte) {
+	if !c.outPending() && (len(head) > 0 || len(body) > 0) {
+		c.srv.metrics.inflight.Add(1)
+		c.idle.Store(false)
+	}
 	if len(c.outBody) > 0 && (len(head) > 0 || len(body) > 0) {
 		// More after a kept body: copy that body, so the order holds.
 		if c.out == nil {
@@ -621,7 +630,8 @@ func (c *conn) flush() error {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
-			c.setDeadline(c.srv.cfg.Timeout)
+			// Input from the client (which wakes us too) must not renew the timer:
+			// only bytes the client accepts do.
 			if c.waitWritable() == sendFailed {
 				return err
 			}
@@ -630,7 +640,9 @@ func (c *conn) flush() error {
 			c.failed = true
 			return err
 		}
-		c.setDeadline(c.srv.cfg.Timeout)
+		if n > 0 && c.phase != phaseLinger {
+			c.setDeadline(c.srv.cfg.Timeout)
+		}
 		if n < len(head) {
 			c.out.B = c.out.B[:copy(c.out.B, c.out.B[n:])]
 			continue
@@ -643,12 +655,21 @@ func (c *conn) flush() error {
 		if len(c.outBody) == 0 {
 			c.outBody = nil
 		}
+		if !c.outPending() {
+			c.srv.metrics.inflight.Add(-1)
+			if c.phase == phaseRead && !c.reading || c.phase == phaseLinger {
+				c.idle.Store(true)
+			}
+		}
 	}
 	return nil
 }
 
 // dropOutput frees what was never sent.
 func (c *conn) dropOutput() {
+	if c.outPending() {
+		c.srv.metrics.inflight.Add(-1)
+	}
 	if c.out != nil {
 		bytebufferpool.Put(c.out)
 		c.out = nil
@@ -708,10 +729,18 @@ func (c *conn) send() sendResult {
 			return sendFailed
 		}
 		if avail <= c.off {
-			if c.h.Wait(avail, c.wake) {
+			if c.fillWaiting.Load() {
+				return sendBlocked // registered already: one waiter per connection
+			}
+			if c.fillWake == nil {
+				c.fillWake = func() { c.fillWaiting.Store(false); c.wake() }
+			}
+			c.fillWaiting.Store(true)
+			if c.h.Wait(avail, c.fillWake) {
 				c.setDeadline(0) // waiting for the base, whose idle timeout applies
 				return sendBlocked
 			}
+			c.fillWaiting.Store(false)
 			continue
 		}
 		n := min(min(c.end, avail)-c.off, budget, maxPerCall)
@@ -719,12 +748,6 @@ func (c *conn) send() sendResult {
 		if c.srv.disk != nil && off+n > c.loaded && (!inMemory(c.fd, off) || !inMemory(c.fd, off+n-1)) {
 			// The next bytes are on the disk, not in memory: a worker reads them in.
 			return c.deferToDisk(off, min(int64(diskLoad), c.h.FileOffset(min(c.end, avail))-off))
-		}
-		if c.slot != "" && c.ranges == nil && c.off+n == c.end {
-			// The last bytes: the download ends with this write, so its slot goes first,
-			// and a client that reads them and asks again at once is not refused.
-			c.srv.cfg.Limiter.EndDownload(c.slot)
-			c.slot = ""
 		}
 		var w int
 		if c.copyMode {
@@ -741,6 +764,12 @@ func (c *conn) send() sendResult {
 			c.sent += int64(w)
 			budget -= int64(w)
 			c.setDeadline(c.srv.cfg.Timeout)
+			if c.off == c.end && c.ranges == nil && c.slot != "" {
+				// The last byte is out: the download is over before finish's
+				// bookkeeping, for a client that reads it and asks again at once.
+				c.srv.cfg.Limiter.EndDownload(c.slot)
+				c.slot = ""
+			}
 		}
 		switch {
 		case err == unix.EAGAIN:
@@ -804,7 +833,13 @@ func (c *conn) copyOut(off int64, n int) (int, error) {
 	return unix.Write(c.gc.Fd(), (*bp)[:r])
 }
 
+// waitWritable waits for the socket to take more. The send-stall timer runs from the
+// last byte the client accepted; a wait that starts with none running (after a wait
+// for the fill, say) starts it, so a client that reads nothing is always dropped.
 func (c *conn) waitWritable() sendResult {
+	if c.deadline.Load() == 0 {
+		c.setDeadline(c.srv.cfg.Timeout)
+	}
 	if err := c.srv.poller.arm(c.gc.Fd(), c.gc); err != nil {
 		c.srv.cfg.Logf("server: write poller: %v", err)
 		return sendFailed
