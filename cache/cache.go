@@ -42,6 +42,9 @@ type Config struct {
 // Stats counts what the cache did; read it with atomic loads.
 type Stats struct {
 	Hits, Misses, Stale, Fills, FillErrors, Heads, Gets, Evictions, Rejected atomic.Int64
+	// Resumed counts fills continued where their bytes stopped: a .part kept from before
+	// a restart, or the rest asked for after the base dropped the connection.
+	Resumed atomic.Int64
 	// OpenFiles is the data-file descriptors open now (shared by their readers), and
 	// Windows the ranged fetches under way: both gauges.
 	OpenFiles, Windows atomic.Int64
@@ -66,6 +69,9 @@ type Cache struct {
 	// on the folder after it; a field so that a test can see that order, which no run
 	// without a power cut can observe otherwise.
 	fsync func(*os.File) error
+	// ckEvery is checkpointEvery (resume.go); a field so that a test can checkpoint
+	// small fills.
+	ckEvery int64
 
 	closeq chan *os.File // files for the closer goroutine: closeLater
 	stop   chan struct{} // closed by Close: ends the janitor
@@ -92,6 +98,8 @@ type entry struct {
 	mu      sync.Mutex // protects file and removed; never held across I/O
 	file    *sharedFile
 	removed bool // the data file is unlinked: close its descriptor with the last reader
+
+	part *partial // set for a resumable .part (resume.go), indexed under partKey
 }
 
 // sharedFile is one open descriptor shared by every reader of a version: sendfile takes
@@ -103,7 +111,8 @@ type sharedFile struct {
 }
 
 // Open makes the cache folder, scans it and returns the cache. Complete entries are
-// indexed; unfinished fills and damaged files are removed.
+// indexed, and so are unfinished fills with a checkpoint (they resume on the next
+// request for their file); other unfinished fills and damaged files are removed.
 func Open(cfg Config) (*Cache, error) {
 	if cfg.Fetchers <= 0 {
 		cfg.Fetchers = 64
@@ -147,7 +156,7 @@ func Open(cfg Config) (*Cache, error) {
 		}
 	}
 	c := &Cache{cfg: cfg, host: up.base.Host, up: up, fills: map[string]*fill{}, heads: map[string]*headCall{},
-		fsync: (*os.File).Sync, windows: map[netip.Addr]int{}, closeq: make(chan *os.File, 4096),
+		fsync: (*os.File).Sync, ckEvery: checkpointEvery, windows: map[netip.Addr]int{}, closeq: make(chan *os.File, 4096),
 		stop: make(chan struct{}), idle: map[*entry]struct{}{}}
 	go c.runCloser(c.closeq)
 	go c.runJanitor()
@@ -186,8 +195,10 @@ func Open(cfg Config) (*Cache, error) {
 	return c, nil
 }
 
-// Close stops the policy goroutines. Open handles stay readable.
+// Close checkpoints the fills in progress, so that the next start resumes them, and
+// stops the policy goroutines. Open handles stay readable.
 func (c *Cache) Close() {
+	c.checkpointFills()
 	c.closing.Lock()
 	defer c.closing.Unlock()
 	if c.closed {
@@ -211,6 +222,10 @@ func (c *Cache) remove(e *entry) {
 	if e == nil || c.shutting.Load() {
 		return
 	}
+	if e.part != nil {
+		c.removePart(e)
+		return
+	}
 	if err := os.Remove(e.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		c.cfg.Logf("cache: remove %s: %v", e.path, err)
 	}
@@ -225,10 +240,12 @@ func (c *Cache) remove(e *entry) {
 	e.mu.Unlock()
 }
 
-// scan indexes the complete entries under the cache folder and removes everything else.
-// It reads one 4 KiB header per file, so it takes time in proportion to the entries.
+// scan indexes the complete entries and the resumable fills under the cache folder and
+// removes everything else. It reads one 4 KiB header per file, so it takes time in
+// proportion to the entries.
 func (c *Cache) scan() error {
 	newest := map[string]*entry{}
+	var parts, sidecars []string
 	err := filepath.WalkDir(c.cfg.Dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -237,9 +254,13 @@ func (c *Cache) scan() error {
 			return nil
 		}
 		name := d.Name()
-		if strings.HasSuffix(name, ".part") {
-			c.cfg.Logf("cache: removing unfinished fill %s", path)
-			return os.Remove(path)
+		switch {
+		case strings.HasSuffix(name, ".part"):
+			parts = append(parts, path) // after the walk, with its sidecar
+			return nil
+		case strings.HasSuffix(name, resumeSuffix):
+			sidecars = append(sidecars, path)
+			return nil
 		}
 		e, err := c.loadEntry(path)
 		if err != nil {
@@ -263,6 +284,7 @@ func (c *Cache) scan() error {
 			c.remove(e)
 		}
 	}
+	c.indexParts(parts, sidecars, newest)
 	c.index.Wait()
 	return nil
 }
@@ -659,12 +681,15 @@ func (c *Cache) runJanitor() {
 	}
 }
 
-// purge drops the entry for key: the base says the file is gone.
+// purge drops the entry for key, and a resumable fill of it: the base says the file is gone.
 func (c *Cache) purge(key string) {
 	if e, ok := c.index.Get(key); ok {
 		c.index.Del(key)
 		c.remove(e)
 		c.cfg.Logf("cache: purged %s: gone on the base", key)
+	}
+	if p := c.takePart(key); p != nil {
+		removeQuiet(p.path, p.part.sidecar)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -35,6 +36,15 @@ type fill struct {
 	done     bool     // no more bytes will come
 	err      error    // why the fill failed, if it did
 	waiters  []func() // called once when written grows or the fill ends
+
+	// Checkpoints (resume.go) of a fill that writes a .part to commit.
+	ckMu   sync.Mutex  // serializes checkpoints with seal; guards the fields below
+	ckFile *os.File    // the .part; nil when the fill writes none (a window, too big)
+	ckPath string      // its sidecar
+	ckRec  record      // the last record written (seq 0: none yet); size and header set first
+	sealed bool        // committed or failed: no more checkpoints
+	ckBusy atomic.Bool // a checkpoint goroutine is under way
+	ckWG   sync.WaitGroup
 }
 
 // startFill joins the fill in progress for key or starts one; a new fill asks the base
@@ -182,7 +192,8 @@ func (f *fill) advance(n int64, end bool, err error) {
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
-// run is the fill: GET, check, copy into the .part file, then commit or clean up.
+// run is the fill: GET (or resume a .part kept from before), check, copy into the .part
+// file with checkpoints, asking for the rest when the base drops, then commit or clean up.
 func (f *fill) run() {
 	c := f.c
 	select {
@@ -210,10 +221,11 @@ func (f *fill) run() {
 	var part string
 	fail := func(err error) {
 		forget()
+		f.seal()
 		c.Stats.FillErrors.Add(1)
 		c.cfg.Logf("cache: fill %s: %v", f.key, err)
 		if part != "" {
-			_ = os.Remove(part)
+			removeQuiet(part, sidecarOf(part))
 		}
 		select {
 		case <-f.ready:
@@ -226,57 +238,89 @@ func (f *fill) run() {
 		f.advance(0, true, err)
 	}
 
-	m, body, err := f.get()
-	if err != nil {
-		fail(err)
-		return
+	var (
+		m       *Meta
+		body    io.ReadCloser
+		file    *os.File
+		final   string
+		written int64 // body bytes in the file: the durable bytes of a resumed .part
+		header  []byte
+		err     error
+	)
+	if f.from == 0 {
+		if p := c.takePart(f.key); p != nil {
+			if file, body = f.resume(p); file != nil {
+				c.Stats.OpenFiles.Add(1)
+				meta := p.meta
+				m, part, final, written = &meta, p.path, finalOf(p.path), p.part.rec.durable
+				f.ckRec = p.part.rec
+			}
+		}
 	}
-	defer body.Close()
-	m.Key, m.Stored = f.key, time.Now().UTC()
-	header, err := encodeHeader(m)
-	if err != nil {
-		fail(&Error{Status: 502, Reason: "base sent unusable headers", Err: err})
-		return
+	if file == nil {
+		if m, body, err = f.get(); err != nil {
+			fail(err)
+			return
+		}
 	}
-	final := c.dataPath(f.key, time.Now().UnixNano())
-	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
-		fail(&Error{Status: 500, Reason: "cache folder not writable", Err: err})
-		return
+	defer func() { body.Close() }()
+	if file == nil {
+		m.Key, m.Stored = f.key, time.Now().UTC()
+		if header, err = encodeHeader(m); err != nil {
+			fail(&Error{Status: 502, Reason: "base sent unusable headers", Err: err})
+			return
+		}
+		final = c.dataPath(f.key, time.Now().UnixNano())
+		if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+			fail(&Error{Status: 500, Reason: "cache folder not writable", Err: err})
+			return
+		}
+		part = final + ".part"
+		file, err = os.OpenFile(part, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			fail(&Error{Status: 500, Reason: "cache folder not writable", Err: err})
+			return
+		}
+		c.Stats.OpenFiles.Add(1)
+		f.ckRec = record{size: m.Size, header: headerDigest(header)}
 	}
-	part = final + ".part"
-	file, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		fail(&Error{Status: 500, Reason: "cache folder not writable", Err: err})
-		return
-	}
-	c.Stats.OpenFiles.Add(1)
 	cacheable := m.Size <= c.cfg.MaxBytes && f.from == 0
 	if !cacheable {
 		// Larger than the whole cache, or a window: stream it through an unlinked file.
 		_ = os.Remove(part)
 		part = ""
 	}
-	if _, err := file.WriteAt(header, 0); err != nil {
-		c.closeLater(file)
-		fail(&Error{Status: 500, Reason: "cache write failed", Err: err})
-		return
+	if header != nil {
+		if _, err := file.WriteAt(header, 0); err != nil {
+			c.closeLater(file)
+			fail(&Error{Status: 500, Reason: "cache write failed", Err: err})
+			return
+		}
 	}
 	f.mu.Lock()
 	f.meta = *m
 	f.file = &sharedFile{f: file, refs: 1} // the fill's own reference
+	f.written = written
 	f.mu.Unlock()
+	if part != "" {
+		f.ckMu.Lock()
+		f.ckFile, f.ckPath = file, sidecarOf(part)
+		f.ckMu.Unlock()
+	}
 	close(f.ready)
 	defer f.releaseFile(f.file)
+	defer f.ckWG.Wait() // before the release: a checkpoint uses the file
 
 	expected := f.end - f.from // the bytes this fill writes
 	var small []byte
-	if cacheable && m.Size <= c.cfg.SmallFile {
+	if cacheable && m.Size <= c.cfg.SmallFile && written == 0 {
 		small = make([]byte, 0, m.Size)
 	}
 	bufp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bufp)
 	buf := *bufp
-	var written, unannounced int64
+	var unannounced int64
+	lastCheckpoint, retries, retriedAt := written, 0, written
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
@@ -294,6 +338,9 @@ func (f *fill) run() {
 			written += int64(n)
 			if written < expected {
 				f.advance(int64(n), false, nil)
+				if part != "" && written-lastCheckpoint >= c.ckEvery && f.checkpointLater() {
+					lastCheckpoint = written
+				}
 			} else {
 				// The last bytes are announced only once the entry is committed, so a
 				// reader that saw the whole body finds the entry on its next request.
@@ -302,6 +349,32 @@ func (f *fill) run() {
 		}
 		if rerr == io.EOF {
 			break
+		}
+		if rerr != nil && written < expected && f.ctx.Err() == nil {
+			// The base dropped or stalled: ask for the rest of this version, a few
+			// times, while the readers wait for the bytes as they would for slow ones.
+			if written-retriedAt >= checkpointEvery {
+				retries = 0
+			}
+			for again := true; again && retries < maxRetries && f.ctx.Err() == nil; {
+				retries++
+				retriedAt = written
+				c.cfg.Logf("cache: fill %s: %v after %d of %d bytes; asking for the rest (%d of %d)",
+					f.key, rerr, f.from+written, f.end, retries, maxRetries)
+				f.pause(retryPause << (retries - 1))
+				var rest io.ReadCloser
+				rest, again, err = f.rest(f.from + written)
+				if err == nil {
+					body.Close()
+					body, rerr = rest, nil
+					c.Stats.Resumed.Add(1)
+					break
+				}
+				rerr = fmt.Errorf("cache: resume %s at %d: %w", f.key, f.from+written, err)
+			}
+			if rerr == nil {
+				continue
+			}
 		}
 		if rerr != nil {
 			fail(fmt.Errorf("cache: read %s from base: %w", f.key, rerr))
@@ -312,11 +385,13 @@ func (f *fill) run() {
 		fail(fmt.Errorf("cache: %s: base sent %d of %d bytes", f.key, written, expected))
 		return
 	}
+	f.seal()
 	if cacheable {
 		if err := f.commit(file, part, final, small); err != nil {
 			fail(err)
 			return
 		}
+		removeQuiet(sidecarOf(part)) // committed: a leftover would only be removed at start
 	}
 	forget()
 	f.advance(unannounced, true, nil)

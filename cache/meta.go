@@ -81,6 +81,11 @@ func readHeader(f *os.File) (*Meta, error) {
 	if _, err := io.ReadFull(f, buf); err != nil {
 		return nil, fmt.Errorf("read header: %w", err)
 	}
+	return parseHeader(buf)
+}
+
+// parseHeader decodes a metadata block.
+func parseHeader(buf []byte) (*Meta, error) {
 	if !bytes.HasPrefix(buf, magic) {
 		return nil, fmt.Errorf("not a cache file")
 	}
