@@ -486,7 +486,15 @@ func TestDiskFull(t *testing.T) {
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Skipf("needs root allowed to mount (CAP_SYS_ADMIN; a container may deny it) for a small tmpfs: %v %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	t.Cleanup(func() {
+		// Descriptors are closed on the cache's closer goroutine, a moment after Close:
+		// until then the file system is busy.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if exec.Command("umount", dir).Run() == nil || time.Now().After(deadline) {
+				return
+			}
+		}
+	})
 	b := newTestBase(t)
 	big, small := content("big", 3<<20, 1), content("small", 100<<10, 1)
 	b.put("/big", big)
