@@ -689,3 +689,67 @@ func TestShutdownTwins(t *testing.T) {
 		t.Fatal("Shutdown did not return after the download ended")
 	}
 }
+
+// TestTimeoutTwins: a keep-alive connection idle past IdleTimeout is closed then (not
+// much later, not sooner), one that asks again within it stays open; a head that
+// arrives in pieces within HeaderTimeout is answered, one unfinished past it is closed.
+func TestTimeoutTwins(t *testing.T) {
+	b := newBase(t)
+	b.write(t, "/s.txt", []byte("s"))
+	const idleTimeout = 500 * time.Millisecond
+	s := start(t, b, func(c *Config, l *limiter.Config, _ *cache.Config) {
+		c.IdleTimeout, c.HeaderTimeout, l.MaxDupes = idleTimeout, 10*time.Second, 0
+	})
+	busy, busyBr := dial(t, s.addr)
+	idle, idleBr := dial(t, s.addr)
+	for _, c := range []struct {
+		conn net.Conn
+		br   *bufio.Reader
+	}{{busy, busyBr}, {idle, idleBr}} {
+		if resp, _ := exchange(t, c.conn, c.br, "GET", "GET /s.txt HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 {
+			t.Fatalf("first request: %d", resp.StatusCode)
+		}
+	}
+	answered := time.Now()
+	closed := make(chan time.Duration, 1)
+	go func() {
+		idleBr.ReadByte() // EOF when the server closes it
+		closed <- time.Since(answered)
+	}()
+	// busy asks every 250 ms for 2 s, four times the idle timeout.
+	for range 8 {
+		time.Sleep(idleTimeout / 2)
+		if resp, _ := exchange(t, busy, busyBr, "GET", "GET /s.txt HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 {
+			t.Fatalf("connection asking within the idle timeout: %d", resp.StatusCode)
+		}
+	}
+	select {
+	case d := <-closed:
+		// The sweeper looks four times a second.
+		if d < idleTimeout-200*time.Millisecond || d > idleTimeout+time.Second {
+			t.Errorf("idle connection closed %v after its answer, idle timeout %v", d, idleTimeout)
+		}
+	case <-time.After(3 * time.Second):
+		t.Error("connection idle past IdleTimeout left open")
+	}
+
+	// The header timeout, on a server of its own.
+	s = start(t, b, func(c *Config, l *limiter.Config, _ *cache.Config) {
+		c.HeaderTimeout, l.MaxDupes = 900*time.Millisecond, 0
+	})
+	slow, slowBr := dial(t, s.addr)
+	for _, piece := range []string{"GET /s.t", "xt HTTP/1.1\r\n", "Host: x\r\n", "\r\n"} {
+		slow.Write([]byte(piece))
+		time.Sleep(200 * time.Millisecond)
+	}
+	if resp, err := http.ReadResponse(slowBr, nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("head in pieces within the header timeout: %v %v", err, resp)
+	}
+	late, lateBr := dial(t, s.addr)
+	late.Write([]byte("GET /s.t"))
+	time.Sleep(1500 * time.Millisecond)
+	late.Write([]byte("xt HTTP/1.1\r\nHost: x\r\n\r\n"))
+	if resp, err := http.ReadResponse(lateBr, nil); err == nil {
+		t.Errorf("head finished past the header timeout was answered: %d", resp.StatusCode)
+	}
+}
