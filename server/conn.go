@@ -286,7 +286,14 @@ func (c *conn) linger() gnet.Action {
 
 // between readies the connection for the next request.
 func (c *conn) between() {
-	c.idle.Store(!c.outPending()) // flush sets it once the answer is out
+	if c.outPending() {
+		// The answer still waits for the client: the send timeout runs, and flush calls
+		// between again once it is out.
+		c.idle.Store(false)
+		c.setDeadline(c.srv.cfg.Timeout)
+		return
+	}
+	c.idle.Store(true)
 	c.setDeadline(c.srv.cfg.IdleTimeout)
 }
 
@@ -657,7 +664,10 @@ func (c *conn) flush() error {
 		}
 		if !c.outPending() {
 			c.srv.metrics.inflight.Add(-1)
-			if c.phase == phaseRead && !c.reading || c.phase == phaseLinger {
+			switch {
+			case c.phase == phaseRead && !c.reading:
+				c.between()
+			case c.phase == phaseLinger:
 				c.idle.Store(true)
 			}
 		}

@@ -1,0 +1,102 @@
+package server
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modoffload/offload/cache"
+	"github.com/modoffload/offload/limiter"
+)
+
+// TestInputDoesNotRenewTheSendTimeout: a client that reads nothing but sends a byte
+// now and then is dropped after the send timeout all the same: only bytes the client
+// accepts count as progress.
+func TestInputDoesNotRenewTheSendTimeout(t *testing.T) {
+	b := newBase(t)
+	b.write(t, "/m.bin", randomBytes(60<<10))
+	s := start(t, b, func(c *Config, _ *limiter.Config, cc *cache.Config) {
+		c.Timeout = time.Second
+		cc.Revalidate = time.Hour
+	})
+	httpGet(t, s.url+"/m.bin")
+	httpGet(t, s.url+"/m.bin") // in memory now
+	conn, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Enough answers to fill the socket buffers on both sides, never read.
+	conn.Write([]byte(strings.Repeat("GET /m.bin HTTP/1.1\r\nHost: x\r\n\r\n", 400)))
+	start := time.Now()
+	for time.Since(start) < 8*time.Second {
+		time.Sleep(300 * time.Millisecond)
+		if _, err := conn.Write([]byte("G")); err != nil {
+			t.Logf("closed after %v", time.Since(start).Round(100*time.Millisecond))
+			return
+		}
+	}
+	t.Fatal("a client that trickles input but reads nothing was never dropped")
+}
+
+// TestStalledReaderOfAFillIsDropped: clients that never read a file being filled from a
+// slow base are dropped by the send timeout too, after the fill ends, instead of
+// holding their slot and a drain forever.
+func TestStalledReaderOfAFillIsDropped(t *testing.T) {
+	data := randomBytes(3 << 20)
+	mod := time.Unix(1_700_000_000, 0)
+	b := handlerBase(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("ETag", `"v1"`)
+		w.Header().Set("Last-Modified", mod.UTC().Format(http.TimeFormat))
+		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+		if r.Method == http.MethodHead {
+			return
+		}
+		for i := 0; i < len(data); i += 64 << 10 {
+			if _, err := w.Write(data[i:min(i+64<<10, len(data))]); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+	s := start(t, b, func(c *Config, l *limiter.Config, _ *cache.Config) {
+		c.Timeout = time.Second
+		l.MaxDupes = 0
+	})
+	var conns []net.Conn
+	for range 20 {
+		conn, err := net.Dial("tcp", s.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.(*net.TCPConn).SetReadBuffer(8 << 10)
+		conn.Write([]byte("GET /f.bin HTTP/1.1\r\nHost: x\r\n\r\n"))
+		conns = append(conns, conn)
+	}
+	// The fill takes about 0.5 s; then every reader must be gone within the timeout
+	// (plus the sweeper's period).
+	deadline := time.Now().Add(6 * time.Second)
+	for s.Downloads() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d downloads still held by clients that read nothing", s.Downloads())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// And they were cut, not finished: the server could not have sent 3 MiB each.
+	br := bufio.NewReader(conns[0])
+	conns[0].SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err == nil {
+		n, _ := br.Discard(len(data))
+		resp.Body.Close()
+		if n >= len(data) {
+			t.Error("a stalled reader got the whole body")
+		}
+	}
+}
