@@ -145,6 +145,7 @@ func TestParseTwins(t *testing.T) {
 		{"1.0 keep-alive, close", "GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", 0, false},
 		{"HEAD", "HEAD / HTTP/1.1\r\nHost: h\r\n\r\n", 0, true},
 		{"64 leading blank lines", strings.Repeat("\n", 64) + "GET / HTTP/1.1\r\nHost: h\r\n\r\n", 0, true},
+		{"65 leading blank lines", strings.Repeat("\n", 65) + "GET / HTTP/1.1\r\nHost: h\r\n\r\n", 400, false},
 		{"version 1.0 digit check", "GET / HTTP/1.a\r\n\r\n", 400, false},
 		{"tab in a value", "GET / HTTP/1.1\r\nHost: h\r\nUser-Agent: a\tb\r\n\r\n", 0, true},
 		{"DEL in a value", "GET / HTTP/1.1\r\nHost: h\r\nUser-Agent: a\x7fb\r\n\r\n", 400, false},
@@ -503,5 +504,36 @@ func TestAppendDateMovesOn(t *testing.T) {
 	got, _ := http.ParseTime(second)
 	if d := now.Sub(got); d < 0 || d > 2*time.Second {
 		t.Errorf("Date %q, now %v", second, now)
+	}
+}
+
+// TestAbsoluteFormTwins: http and https absolute-form targets reduce to their path the
+// same way, with or without a port, a query or a path at all.
+func TestAbsoluteFormTwins(t *testing.T) {
+	for _, tc := range []struct {
+		target, path, query string
+	}{
+		{"http://h/p/f", "/p/f", ""},
+		{"https://h/p/f", "/p/f", ""},
+		{"HTTPS://h:8443/p/f?x=1", "/p/f", "x=1"},
+		{"http://h:80", "/", ""},
+		{"https://h", "/", ""},
+		{"https://h?q", "/", "q"},
+	} {
+		var r Request
+		in := "GET " + tc.target + " HTTP/1.1\r\nHost: h\r\n\r\n"
+		if _, err := r.Parse([]byte(in)); err != nil {
+			t.Errorf("%s: %v", tc.target, err)
+			continue
+		}
+		if string(r.Path) != tc.path || string(r.Query) != tc.query {
+			t.Errorf("%s: path %q query %q, want %q %q", tc.target, r.Path, r.Query, tc.path, tc.query)
+		}
+	}
+	for _, target := range []string{"https:///p", "httpx://h/p", "https:/h/p"} {
+		var r Request
+		if _, err := r.Parse([]byte("GET " + target + " HTTP/1.1\r\nHost: h\r\n\r\n")); err == nil {
+			t.Errorf("%s accepted as %q", target, r.Path)
+		}
 	}
 }
