@@ -257,15 +257,22 @@ func (c *conn) advance() gnet.Action {
 // closeAfterAnswer says whether the connection ends after the answer just given.
 func (c *conn) closeAfterAnswer() bool { return !c.keepAlive || c.srv.draining.Load() }
 
-// linger ends a connection after an answer: once the answer is out, shut down our
-// side for writing, then read and drop whatever the client still sends until it
-// closes or lingerTime passes (the sweeper closes it then).
+// linger ends a connection after an answer: once the answer is out (the send timeout
+// bounds that, as for any answer), shut down our side for writing, then read and drop
+// whatever the client still sends until it closes or lingerTime passes (the sweeper
+// closes it then). Input is dropped from the start, so it never piles up.
 func (c *conn) linger() gnet.Action {
 	if c.phase != phaseLinger {
 		c.phase = phaseLinger
-		c.idle.Store(!c.outPending()) // a drain closes it at once, once the answer is out
-		c.setDeadline(lingerTime)
+		if c.outPending() {
+			c.idle.Store(false)
+			c.setDeadline(c.srv.cfg.Timeout)
+		} else {
+			c.idle.Store(true) // a drain closes it at once
+			c.setDeadline(lingerTime)
+		}
 	}
+	_, _ = c.gc.Discard(-1)
 	if c.outPending() {
 		switch err := c.flush(); {
 		case err == errBlocked:
@@ -280,7 +287,6 @@ func (c *conn) linger() gnet.Action {
 			return gnet.Close
 		}
 	}
-	_, _ = c.gc.Discard(-1)
 	return gnet.None
 }
 
@@ -647,7 +653,7 @@ func (c *conn) flush() error {
 			c.failed = true
 			return err
 		}
-		if n > 0 && c.phase != phaseLinger {
+		if n > 0 {
 			c.setDeadline(c.srv.cfg.Timeout)
 		}
 		if n < len(head) {
@@ -669,6 +675,7 @@ func (c *conn) flush() error {
 				c.between()
 			case c.phase == phaseLinger:
 				c.idle.Store(true)
+				c.setDeadline(lingerTime) // the answer is out: now the lingering time
 			}
 		}
 	}

@@ -2,10 +2,13 @@ package server
 
 import (
 	"bufio"
+	"bytes"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -98,5 +101,55 @@ func TestStalledReaderOfAFillIsDropped(t *testing.T) {
 		if n >= len(data) {
 			t.Error("a stalled reader got the whole body")
 		}
+	}
+}
+
+// TestSlowReaderOfAClosingAnswerGetsItAll: an answer after which the server closes
+// (HTTP/1.0) reaches a slow reader whole, however long past the lingering time it
+// takes, as long as the reader makes progress within the send timeout.
+func TestSlowReaderOfAClosingAnswerGetsItAll(t *testing.T) {
+	b := newBase(t)
+	body := randomBytes(60 << 10)
+	b.write(t, "/m.bin", body)
+	s := start(t, b, func(c *Config, _ *limiter.Config, cc *cache.Config) {
+		c.Timeout = 2 * time.Second
+		cc.Revalidate = time.Hour
+	})
+	httpGet(t, s.url+"/m.bin")
+	httpGet(t, s.url+"/m.bin") // in memory now
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048) })
+		return nil
+	}}
+	conn, err := d.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.Write([]byte("GET /m.bin HTTP/1.0\r\n\r\n"))
+	var got []byte
+	buf := make([]byte, 2048)
+	start := time.Now()
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for {
+		time.Sleep(250 * time.Millisecond)
+		n, err := conn.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	took := time.Since(start)
+	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(got)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(resp.Body)
+	if !bytes.Equal(rest, body) {
+		t.Fatalf("got %d of %d body bytes in %v", len(rest), len(body), took)
+	}
+	t.Logf("whole body in %v (lingering time %v)", took.Round(100*time.Millisecond), lingerTime)
+	if took < lingerTime {
+		t.Logf("the reader was faster than the lingering time: the test proved less than it should")
 	}
 }
