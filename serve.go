@@ -49,6 +49,10 @@ type serveConfig struct {
 	Fetchers      int
 	Loops         int
 	DiskWorkers   int
+	// DocRoot is a local copy of the base's web space to serve from (the original's
+	// no-cache mode); DocRootFollow lets its symlinks point outside it.
+	DocRoot       string
+	DocRootFollow bool
 }
 
 // listFlag is a repeatable string flag.
@@ -158,6 +162,8 @@ func parseServeConfig(args []string, stderr io.Writer) (*serveConfig, error) {
 	fset.StringVar(&cfg.User, "user", "", "when started as root: drop to this user after binding")
 	fset.IntVar(&cfg.Fetchers, "fetchers", cfg.Fetchers, "requests in flight to the base, each for HEAD and GET")
 	fset.IntVar(&cfg.Loops, "loops", 0, "event loops (0: one per core)")
+	fset.StringVar(&cfg.DocRoot, "docroot", "", "serve files from this local copy of the base's web space when the base's HEAD says it is current")
+	fset.BoolVar(&cfg.DocRootFollow, "docroot-follow-symlinks", false, "let symlinks in --docroot point outside it")
 	fset.IntVar(&cfg.DiskWorkers, "disk-workers", 16, "threads that read file pages not in memory, so no event loop waits for the disk (0: the loops read)")
 	fset.StringVar(&configFile, "config", "", "file of name = value lines with the same settings")
 	if err := fset.Parse(args); err != nil {
@@ -238,6 +244,11 @@ func (c *serveConfig) check() error {
 			return fmt.Errorf("--listen %q: want [host]:port", l)
 		}
 	}
+	if c.DocRoot != "" {
+		if st, err := os.Stat(c.DocRoot); err != nil || !st.IsDir() {
+			return fmt.Errorf("--docroot %q: not a folder", c.DocRoot)
+		}
+	}
 	switch {
 	case c.MaxDupes < 0:
 		return errors.New("--max-dupes must be 0 or more")
@@ -251,6 +262,8 @@ func (c *serveConfig) check() error {
 		return errors.New("--fetchers must be positive")
 	case c.DiskWorkers < 0:
 		return errors.New("--disk-workers must not be negative")
+	case c.DocRootFollow && c.DocRoot == "":
+		return errors.New("--docroot-follow-symlinks needs --docroot")
 	case c.Cache == "":
 		return errors.New("--cache must name a folder")
 	}
@@ -280,7 +293,7 @@ func serve(cfg *serveConfig, logger *log.Logger, started func(*server.Server)) e
 	c, err := cache.Open(cache.Config{
 		Dir: cfg.Cache, MaxBytes: cfg.CacheSize, Base: cfg.Base, BaseAddr: cfg.BaseAddr,
 		UserAgent: "offload/" + version, Fetchers: cfg.Fetchers, Timeout: cfg.Timeout,
-		Revalidate: cfg.Revalidate, Logf: logger.Printf,
+		Revalidate: cfg.Revalidate, DocRoot: cfg.DocRoot, FollowSymlinks: cfg.DocRootFollow, Logf: logger.Printf,
 	})
 	if err != nil {
 		return err

@@ -36,7 +36,12 @@ type Config struct {
 	// (default 16) and per client address (WindowsPerClient, default 2); a reader past
 	// either waits for the fill.
 	Windows, WindowsPerClient int
-	Logf                      func(format string, args ...any)
+	// DocRoot, when set, is a local copy of the base's web space to serve files from
+	// instead of the cache, when the base's HEAD says the local file is its version
+	// (docroot.go); FollowSymlinks lets its symlinks point outside it.
+	DocRoot        string
+	FollowSymlinks bool
+	Logf           func(format string, args ...any)
 }
 
 // Stats counts what the cache did; read it with atomic loads.
@@ -45,6 +50,8 @@ type Stats struct {
 	// Resumed counts fills continued where their bytes stopped: a .part kept from before
 	// a restart, or the rest asked for after the base dropped the connection.
 	Resumed atomic.Int64
+	// Local counts requests answered from the DocRoot's local copy.
+	Local atomic.Int64
 	// OpenFiles is the data-file descriptors open now (shared by their readers), and
 	// Windows the ranged fetches under way: both gauges.
 	OpenFiles, Windows atomic.Int64
@@ -55,6 +62,7 @@ type Cache struct {
 	cfg   Config
 	host  string // base host, the first part of every key
 	up    *upstream
+	doc   *docRoot                         // the local copy (Config.DocRoot); nil without one
 	index *ristretto.Cache[string, *entry] // the policy and the index: cost = body bytes
 	mem   *ristretto.Cache[string, []byte] // bodies of small files, by data file path
 	Stats Stats
@@ -191,6 +199,11 @@ func Open(cfg Config) (*Cache, error) {
 	}
 	if err := c.scan(); err != nil {
 		return nil, err
+	}
+	if cfg.DocRoot != "" {
+		if c.doc, err = openDocRoot(cfg.DocRoot, cfg.FollowSymlinks); err != nil {
+			return nil, err
+		}
 	}
 	return c, nil
 }
@@ -334,11 +347,13 @@ type Handle struct {
 	fill    *fill // nil once the body is complete on disk
 	base    int64 // body offset of the file's first body byte: non-zero for a window
 	end     int64 // a window's end (exclusive); 0 otherwise
+	hdr     int64 // where the body starts in the file: HeaderSize, or 0 for a docroot file
 }
 
-// FileOffset is where body byte off is in the data file (Fd). A window handle holds
-// only the bytes from its base on.
-func (h *Handle) FileOffset(off int64) int64 { return HeaderSize + off - h.base }
+// FileOffset is where body byte off is in the file (Fd): after the data file's header,
+// or at off itself in a local copy's file. A window handle holds only the bytes from
+// its base on.
+func (h *Handle) FileOffset(off int64) int64 { return h.hdr + off - h.base }
 
 // Base is the first body byte the handle can give: 0 but for a window.
 func (h *Handle) Base() int64 { return h.base }
@@ -351,10 +366,10 @@ func (h *Handle) End() int64 {
 	return h.Meta.Size
 }
 
-// Fd is the descriptor to sendfile from; the body starts at HeaderSize.
+// Fd is the descriptor to sendfile from; body byte off is at FileOffset(off).
 func (h *Handle) Fd() int { return int(h.file.f.Fd()) }
 
-// File is the open data file (body at HeaderSize), or nil for an in-memory body.
+// File is the open file (body byte off at FileOffset(off)), or nil for an in-memory body.
 func (h *Handle) File() *os.File {
 	if h.file == nil {
 		return nil
@@ -418,7 +433,7 @@ func (c *Cache) LookupFor(path string, client netip.Addr) *Handle {
 		return nil
 	}
 	c.Stats.Hits.Add(1)
-	return &Handle{Meta: e.meta, Hit: true, file: sf, release: e.releaseFile}
+	return &Handle{Meta: e.meta, Hit: true, file: sf, release: e.releaseFile, hdr: HeaderSize}
 }
 
 // Stat is Get for a HEAD request: the metadata of the current version, from the cache
@@ -461,6 +476,12 @@ func (c *Cache) get(ctx context.Context, path string, metaOnly bool, from, end i
 		}
 		return c.hit(e, stale)
 	}
+	local := c.doc != nil && !metaOnly // a local copy to serve from (docroot.go)
+	if local {
+		if h := c.docTrusted(path, clientOf(ctx)); h != nil {
+			return h, nil
+		}
+	}
 	e, _ := c.index.Get(key)
 	if e != nil && e.trustedFor(clientOf(ctx), c.cfg.Revalidate) {
 		if h, err := fromCache(e, false); err == nil {
@@ -482,6 +503,12 @@ func (c *Cache) get(ctx context.Context, path string, metaOnly bool, from, end i
 		return nil, err
 	}
 	m.Key = key
+	if local {
+		cached := e != nil && SameVersion(&e.meta, m) // quiet: the cache has it anyway
+		if h := c.docServe(path, m, clientOf(ctx), cached); h != nil {
+			return h, nil
+		}
+	}
 	if e != nil && SameVersion(&e.meta, m) {
 		e.confirm(clientOf(ctx))
 		if h, err := fromCache(e, false); err == nil {
@@ -526,7 +553,7 @@ func (c *Cache) hit(e *entry, stale bool) (*Handle, error) {
 		c.index.Del(e.meta.Key)
 		return nil, &Error{Status: 503, Reason: "cached file vanished, try again", Err: err}
 	}
-	h.file, h.release = sf, e.releaseFile
+	h.file, h.release, h.hdr = sf, e.releaseFile, HeaderSize
 	if e.meta.Size <= c.cfg.SmallFile {
 		body := make([]byte, e.meta.Size)
 		if _, err := sf.f.ReadAt(body, HeaderSize); err == nil {

@@ -90,7 +90,7 @@ func (f *fill) handle(ctx context.Context) (*Handle, error) {
 		return nil, f.err
 	}
 	f.file.refs++
-	return &Handle{Meta: f.meta, file: f.file, release: f.releaseFile, fill: f, base: f.from, end: f.end}, nil
+	return &Handle{Meta: f.meta, file: f.file, release: f.releaseFile, fill: f, base: f.from, end: f.end, hdr: HeaderSize}, nil
 }
 
 // unreserve gives back a place taken by startFill without opening a handle.
@@ -224,7 +224,8 @@ func (f *fill) run() {
 		f.seal()
 		c.Stats.FillErrors.Add(1)
 		c.cfg.Logf("cache: fill %s: %v", f.key, err)
-		if part != "" {
+		if part != "" && !(c.shutting.Load() && f.ckRec.seq > 0) {
+			// Kept when the cache has closed after a checkpoint: the next start resumes it.
 			removeQuiet(part, sidecarOf(part))
 		}
 		select {
@@ -350,7 +351,7 @@ func (f *fill) run() {
 		if rerr == io.EOF {
 			break
 		}
-		if rerr != nil && written < expected && f.ctx.Err() == nil {
+		if rerr != nil && written < expected && f.ctx.Err() == nil && !c.shutting.Load() {
 			// The base dropped or stalled: ask for the rest of this version, a few
 			// times, while the readers wait for the bytes as they would for slow ones.
 			if written-retriedAt >= checkpointEvery {

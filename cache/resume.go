@@ -304,27 +304,28 @@ func (f *fill) pause(d time.Duration) {
 
 // checkpoint makes the bytes the fill has announced durable and records their count in
 // the sidecar: the .part first, then the record, so the record never claims more than
-// the disk holds. Failures only cost progress: they are logged.
-func (f *fill) checkpoint() {
+// the disk holds. Failures only cost progress: they are logged. It reports whether the
+// fill is still ckEvery or more past the new record (it went on during the fsync).
+func (f *fill) checkpoint() (behind bool) {
 	f.ckMu.Lock()
 	defer f.ckMu.Unlock()
 	if f.sealed || f.ckFile == nil {
-		return
+		return false
 	}
 	n := f.landed() // every announced byte was written before it was announced
 	if n <= f.ckRec.durable || n >= f.ckRec.size {
-		return
+		return false
 	}
 	c := f.c
 	if err := c.fsync(f.ckFile); err != nil {
 		c.cfg.Logf("cache: checkpoint %s: %v", f.key, err)
-		return
+		return false
 	}
 	first := f.ckRec.seq == 0
 	side, err := os.OpenFile(f.ckPath, os.O_WRONLY|os.O_CREATE, 0o644)
 	if err != nil {
 		c.cfg.Logf("cache: checkpoint %s: %v", f.key, err)
-		return
+		return false
 	}
 	rec := f.ckRec
 	rec.seq++
@@ -338,7 +339,7 @@ func (f *fill) checkpoint() {
 	}
 	if err != nil {
 		c.cfg.Logf("cache: checkpoint %s: %v", f.key, err)
-		return
+		return false
 	}
 	if first {
 		// The folder's entries for the .part and the sidecar: without them neither is
@@ -349,10 +350,13 @@ func (f *fill) checkpoint() {
 		}
 	}
 	f.ckRec = rec
+	return f.landed()-rec.durable >= c.ckEvery
 }
 
 // checkpointLater runs a checkpoint off the fill's goroutine, so the copy goes on during
-// the fsync; at most one at a time. It reports whether it started one.
+// the fsync; at most one at a time, and another at once when the fill went on by ckEvery
+// meanwhile (so a fill that stops soon after still has its bytes recorded). It reports
+// whether it started.
 func (f *fill) checkpointLater() bool {
 	if !f.ckBusy.CompareAndSwap(false, true) {
 		return false
@@ -361,7 +365,8 @@ func (f *fill) checkpointLater() bool {
 	go func() {
 		defer f.ckWG.Done()
 		defer f.ckBusy.Store(false)
-		f.checkpoint()
+		for f.checkpoint() {
+		}
 	}()
 	return true
 }

@@ -419,6 +419,11 @@ func TestRestartResumesCheckpoint(t *testing.T) {
 	}
 	crashed := snapshot(t, dir)
 	durable = durableOf(t, crashed)
+	b.unhold() // the first cache's fill goes on: the rest after the drop
+	waitFills(t, c)
+	b.mu.Lock()
+	b.ranges["/big"] = b.ranges["/big"][:1] // as if the crash had ended it
+	b.mu.Unlock()
 
 	c2 := openResumeCache(t, b, crashed, nil)
 	mustGet(t, c2, "/big", data)
@@ -469,6 +474,15 @@ func TestCloseCheckpoints(t *testing.T) {
 	if d := durableOf(t, crashed); d != 300<<10 {
 		t.Fatalf("checkpoint at Close: %d bytes, want %d", d, 300<<10)
 	}
+	b.unhold() // the closed cache's fill fails at the drop: no retries after Close
+	waitFills(t, c)
+	time.Sleep(100 * time.Millisecond)
+	if _, p, s := onDisk(t, dir); len(p) != 1 || len(s) != 1 {
+		t.Errorf("a fill that failed after Close removed its checkpointed part: %v %v", p, s)
+	}
+	b.mu.Lock()
+	b.ranges["/shut"] = b.ranges["/shut"][:1]
+	b.mu.Unlock()
 	c2 := openResumeCache(t, b, crashed, nil)
 	mustGet(t, c2, "/shut", data)
 	if r := b.getRanges("/shut"); len(r) != 2 || r[1] != fmt.Sprintf("bytes=%d-%d", 300<<10, len(data)-1) {
@@ -621,5 +635,21 @@ func TestScanPartsWithinBound(t *testing.T) {
 	mustGet(t, c, path, want)
 	if r := b.getRanges(path); len(r) != 1 || r[0] != fmt.Sprintf("bytes=%d-%d", 1<<20, len(want)-1) {
 		t.Errorf("a kept part asked the base with Range %q", r)
+	}
+}
+
+// waitFills waits until c has no fill in progress, so none logs after its test.
+func waitFills(t *testing.T, c *Cache) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		c.mu.Lock()
+		n := len(c.fills)
+		c.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d fills still in progress", n)
+		}
 	}
 }
