@@ -166,13 +166,8 @@ func (c *conn) advance() gnet.Action {
 		return c.linger()
 	}
 	// Output the socket did not take yet goes before anything else.
-	if c.outPending() {
-		switch err := c.flush(); {
-		case err == errBlocked:
-			return c.checkInbound()
-		case err != nil:
-			return gnet.Close
-		}
+	if act, blocked := c.flushFirst(); blocked {
+		return act
 	}
 	if r := c.pending.Swap(nil); r != nil {
 		c.resume(r) // writes the head
@@ -206,13 +201,8 @@ func (c *conn) advance() gnet.Action {
 		}
 		// phaseRead: the next request only once the last answer is out, so that a
 		// client that pipelines without reading holds one answer, not thousands.
-		if c.outPending() {
-			switch err := c.flush(); {
-			case err == errBlocked:
-				return c.checkInbound()
-			case err != nil:
-				return gnet.Close
-			}
+		if act, blocked := c.flushFirst(); blocked {
+			return act
 		}
 		buf, _ := c.gc.Peek(-1)
 		if len(buf) == 0 {
@@ -252,6 +242,21 @@ func (c *conn) advance() gnet.Action {
 			return c.linger() // answered at once (an error, robots.txt, a memory hit)
 		}
 	}
+}
+
+// flushFirst writes the output still pending; blocked says it could not all go (the
+// socket is full, or the client is gone), and act is then what advance returns.
+func (c *conn) flushFirst() (act gnet.Action, blocked bool) {
+	if !c.outPending() {
+		return gnet.None, false
+	}
+	switch err := c.flush(); {
+	case err == errBlocked:
+		return c.checkInbound(), true
+	case err != nil:
+		return gnet.Close, true
+	}
+	return gnet.None, false
 }
 
 // closeAfterAnswer says whether the connection ends after the answer just given.
