@@ -67,6 +67,21 @@ func TestDocRootDaemon(t *testing.T) {
 	if code, body := rawGet(t, d.url, "/pub/a.bin"); code != 200 || !bytes.Equal(body, localA) {
 		t.Fatalf("/pub/a.bin: %d, local bytes %v", code, bytes.Equal(body, localA))
 	}
+	// A range, and HEAD, of the local file.
+	req, _ := http.NewRequest("GET", d.url+"/pub/a.bin", nil)
+	req.Header.Set("Range", "bytes=1000-1999")
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	} else {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 206 || !bytes.Equal(body, localA[1000:2000]) {
+			t.Fatalf("range of the local file: %d, %d bytes", resp.StatusCode, len(body))
+		}
+	}
+	if resp, err := http.Head(d.url + "/pub/a.bin"); err != nil || resp.StatusCode != 200 || resp.ContentLength != int64(len(localA)) {
+		t.Fatalf("HEAD: %v %v", resp, err)
+	}
 	if n := b.gets.Load(); n != 0 {
 		t.Fatalf("a current local file cost %d GETs at the base", n)
 	}

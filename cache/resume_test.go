@@ -653,3 +653,29 @@ func waitFills(t *testing.T, c *Cache) {
 		}
 	}
 }
+
+// TestGoneOnBasePurgesPart: a file the base has removed takes its resumable part with it.
+func TestGoneOnBasePurgesPart(t *testing.T) {
+	b := newResumeBase(t)
+	data := content("g", 1<<20, 1)
+	b.put("/g", data, 1)
+	dir := t.TempDir()
+	c0 := openResumeCache(t, b, dir, nil)
+	part := writePart(t, c0, b, "/g", 600<<10, 0, 500<<10)
+	c0.Close()
+	c := openResumeCache(t, b, dir, nil)
+	if _, err := os.Stat(part); err != nil {
+		t.Fatalf("the part was not kept: %v", err)
+	}
+	b.mu.Lock()
+	delete(b.files, "/g")
+	b.mu.Unlock()
+	_, err := get(t, c, "/g")
+	var ce *Error
+	if !errors.As(err, &ce) || ce.Status != 404 {
+		t.Fatalf("got %v, want a 404", err)
+	}
+	if _, p, s := onDisk(t, dir); len(p)+len(s) != 0 {
+		t.Errorf("a file gone on the base left %v %v", p, s)
+	}
+}
