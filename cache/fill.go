@@ -250,7 +250,11 @@ func (f *fill) run() {
 	)
 	if f.from == 0 {
 		if p := c.takePart(f.key); p != nil {
-			if file, body = f.resume(p); file != nil {
+			if file, body, err = f.resume(p); err != nil {
+				fail(err)
+				return
+			}
+			if file != nil {
 				c.Stats.OpenFiles.Add(1)
 				meta := p.meta
 				m, part, final, written = &meta, p.path, finalOf(p.path), p.part.rec.durable

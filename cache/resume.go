@@ -240,13 +240,14 @@ func (c *Cache) takePart(key string) *entry {
 // resume continues the .part p for the fill: same version as the base's HEAD, then the
 // rest asked for with Range and If-Range. It returns the open .part (truncated to its
 // durable bytes) and the body of the rest, or a nil file when it cannot resume, having
-// removed p: the fill then starts over.
-func (f *fill) resume(p *entry) (*os.File, io.ReadCloser) {
+// removed p: the fill then starts over. When the base cannot be reached for the rest, p
+// is kept for the next request and the error fails this fill.
+func (f *fill) resume(p *entry) (*os.File, io.ReadCloser, error) {
 	c := f.c
-	drop := func(why string, err error) (*os.File, io.ReadCloser) {
+	drop := func(why string, err error) (*os.File, io.ReadCloser, error) {
 		c.cfg.Logf("cache: not resuming %s at %d: %s: %v; starting over", f.key, p.part.rec.durable, why, err)
 		removeQuiet(p.path, p.part.sidecar)
-		return nil, nil
+		return nil, nil, nil
 	}
 	if !SameVersion(&p.meta, f.want) {
 		return drop("the base has another version", errors.New("validators differ"))
@@ -267,11 +268,25 @@ func (f *fill) resume(p *entry) (*os.File, io.ReadCloser) {
 	}
 	if err != nil {
 		file.Close()
+		if unreachable(err) {
+			p.part.claimed.Store(false)
+			if !c.index.Set(partKey(f.key), p, p.part.rec.durable) {
+				c.removePart(p)
+			}
+			return nil, nil, fmt.Errorf("cache: resume %s at %d: %w", f.key, p.part.rec.durable, err)
+		}
 		return drop("ranged GET", err)
 	}
 	c.Stats.Resumed.Add(1)
 	c.cfg.Logf("cache: resuming %s at %d of %d bytes", f.key, p.part.rec.durable, p.meta.Size)
-	return file, resp.Body
+	return file, resp.Body, nil
+}
+
+// unreachable reports whether err says the base could not be reached or stalled, as
+// opposed to an answer it gave.
+func unreachable(err error) bool {
+	var ue *Error
+	return errors.As(err, &ue) && ue.Err != nil && (ue.Status == 502 || ue.Status == 504)
 }
 
 // rest asks the base for the bytes of the version being filled from body byte at on,
@@ -282,8 +297,7 @@ func (f *fill) rest(at int64) (body io.ReadCloser, again bool, err error) {
 	f.c.Stats.Gets.Add(1)
 	m, resp, err := f.c.up.get(f.ctx, f.target, at, f.end, &f.meta)
 	if err != nil {
-		var ue *Error
-		return nil, errors.As(err, &ue) && ue.Err != nil && (ue.Status == 502 || ue.Status == 504), err
+		return nil, unreachable(err), err
 	}
 	if !SameVersion(&f.meta, m) {
 		resp.Body.Close()

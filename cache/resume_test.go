@@ -31,6 +31,7 @@ type resumeBase struct {
 	release  chan struct{}
 	ranges   map[string][]string // the Range header of every GET, "" for none
 	noRanges bool                // answer every GET whole, as a base without ranges
+	hangUp   int                 // drop this many next GETs before any answer
 }
 
 type rbFile struct {
@@ -106,6 +107,11 @@ func (b *resumeBase) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		if b.noRanges {
 			r.Header.Del("Range")
+		}
+		if b.hangUp > 0 {
+			b.hangUp--
+			b.mu.Unlock()
+			panic(http.ErrAbortHandler)
 		}
 	}
 	release := b.release
@@ -677,5 +683,41 @@ func TestGoneOnBasePurgesPart(t *testing.T) {
 	}
 	if _, p, s := onDisk(t, dir); len(p)+len(s) != 0 {
 		t.Errorf("a file gone on the base left %v %v", p, s)
+	}
+}
+
+// TestResumeBaseUnreachable: when the base answers the HEAD but the connection for the
+// rest fails, the request fails (502) and the part is kept: the next request resumes it.
+func TestResumeBaseUnreachable(t *testing.T) {
+	b := newResumeBase(t)
+	data := content("u", 1<<20, 1)
+	b.put("/u", data, 1)
+	dir := t.TempDir()
+	c0 := openResumeCache(t, b, dir, nil)
+	writePart(t, c0, b, "/u", 600<<10, 0, 500<<10)
+	c0.Close()
+	c := openResumeCache(t, b, dir, nil)
+	b.mu.Lock()
+	b.hangUp = 2 // net/http asks again once when a reused connection drops
+	b.mu.Unlock()
+	_, err := get(t, c, "/u")
+	var ce *Error
+	if !errors.As(err, &ce) || ce.Status != 502 {
+		t.Fatalf("got %v, want a 502", err)
+	}
+	if _, p, s := onDisk(t, dir); len(p) != 1 || len(s) != 1 {
+		t.Fatalf("the part was not kept: %v %v", p, s)
+	}
+	c.index.Wait()
+	mustGet(t, c, "/u", data)
+	want := fmt.Sprintf("bytes=%d-%d", 500<<10, len(data)-1)
+	r := b.getRanges("/u")
+	if len(r) < 2 {
+		t.Fatalf("GETs with Range %q", r)
+	}
+	for _, g := range r {
+		if g != want {
+			t.Fatalf("GETs with Range %q, want every one from %q", r, want)
+		}
 	}
 }
