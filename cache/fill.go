@@ -38,13 +38,15 @@ type fill struct {
 	waiters  []func() // called once when written grows or the fill ends
 
 	// Checkpoints (resume.go) of a fill that writes a .part to commit.
-	ckMu   sync.Mutex  // serializes checkpoints with seal; guards the fields below
-	ckFile *os.File    // the .part; nil when the fill writes none (a window, too big)
-	ckPath string      // its sidecar
-	ckRec  record      // the last record written (seq 0: none yet); size and header set first
-	sealed bool        // committed or failed: no more checkpoints
-	ckBusy atomic.Bool // a checkpoint goroutine is under way
-	ckWG   sync.WaitGroup
+	ckMu   sync.Mutex // serializes checkpoints with seal; guards the next four fields
+	ckFile *os.File   // the .part; nil when the fill writes none (a window, too big)
+	ckPath string     // its sidecar
+	// ckRec is the last record written (seq 0: none yet); run sets its size and header
+	// digest (or a resumed part's record) before it sets ckFile.
+	ckRec  record
+	sealed bool           // committed or failed: no more checkpoints
+	ckBusy atomic.Bool    // a checkpoint goroutine is under way (checkpointLater)
+	ckWG   sync.WaitGroup // that goroutine, which run waits for before it lets the file go
 }
 
 // startFill joins the fill in progress for key or starts one; a new fill asks the base
