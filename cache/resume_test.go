@@ -749,3 +749,31 @@ func BenchmarkFillCheckpoints(b *testing.B) {
 		})
 	}
 }
+
+// TestResumeCoalesced: readers arriving together after a restart share one resumed fill:
+// the base sees one ranged GET, and every reader gets the whole body.
+func TestResumeCoalesced(t *testing.T) {
+	b := newResumeBase(t)
+	data := content("co", 2<<20, 1)
+	b.put("/co", data, 1)
+	dir := t.TempDir()
+	c0 := openResumeCache(t, b, dir, nil)
+	writePart(t, c0, b, "/co", 900<<10, 0, 800<<10)
+	c0.Close()
+	c := openResumeCache(t, b, dir, nil)
+	b.mu.Lock()
+	b.holdAt["/co"] = 100 << 10 // the readers pile up on the fill
+	b.mu.Unlock()
+	go func() { time.Sleep(200 * time.Millisecond); b.unhold() }()
+	got, errs := readers(t, c, "/co", 6)
+	for i := range got {
+		if errs[i] != nil || !bytes.Equal(got[i], data) {
+			t.Fatalf("reader %d: %d bytes, %v", i, len(got[i]), errs[i])
+		}
+	}
+	// The hold drops the connection after it: one retry from where the bytes stopped.
+	want := []string{fmt.Sprintf("bytes=%d-%d", 800<<10, len(data)-1), fmt.Sprintf("bytes=%d-%d", 900<<10, len(data)-1)}
+	if r := b.getRanges("/co"); strings.Join(r, "|") != strings.Join(want, "|") {
+		t.Fatalf("GETs with Range %q, want %q", r, want)
+	}
+}
