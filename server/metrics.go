@@ -63,6 +63,8 @@ func newMetrics(c *cache.Cache, l *limiter.Limiter) *metrics {
 		stat("offload_cache_rejected_total", "Fills not kept: the policy preferred the entries cached.", &s.Rejected),
 		stat("offload_upstream_heads_total", "HEAD requests sent to the base.", &s.Heads),
 		stat("offload_upstream_gets_total", "GET requests sent to the base.", &s.Gets),
+		stat("offload_cache_resumed_total", "Fills continued where their bytes stopped (after a restart or a base that dropped).", &s.Resumed),
+		stat("offload_docroot_hits_total", "Requests answered from the --docroot local copy.", &s.Local),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "offload_active_connections", Help: "Open client connections."},
 			func() float64 { return float64(l.Conns()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "offload_active_downloads", Help: "Requests being answered: waiting for the base or sending a body."},
