@@ -96,8 +96,8 @@ type conn struct {
 	// fillWaiting is set while fillWake is registered with the fill we follow, so that
 	// each turn does not add another (a client's every segment is a turn).
 	fillWaiting atomic.Bool
-	fillWake    func() // 8 B: made on first use
-	pending    atomic.Pointer[result] // 8 B: the cache's answer, while phaseWait
+	fillWake    func()                 // 8 B: made on first use
+	pending     atomic.Pointer[result] // 8 B: the cache's answer, while phaseWait
 
 	req    proto.Request              // ~330 B
 	held   *bytebufferpool.ByteBuffer // 8 B: copy of the head while phaseWait
@@ -420,7 +420,9 @@ func (c *conn) onResult(gc gnet.Conn, err error) error {
 
 // resume takes the cache's answer on the loop.
 func (c *conn) resume(r *result) {
-	c.srv.metrics.inflight.Add(-1) // leaving phaseWait
+	// Leaving phaseWait: counted out only once the answer is under way (respond counts
+	// a body in again), so a drain never sees zero in between and cuts the download.
+	defer c.srv.metrics.inflight.Add(-1)
 	c.cancel()
 	c.cancel = nil
 	held := c.held
