@@ -112,14 +112,17 @@ type conn struct {
 	fd     int           // the data file's descriptor (shared with other readers)
 	disk   *diskJob      // 8 B: the disk pool's read of our next bytes, while it runs
 	loaded int64         // the data file is known in memory below this offset (a worker read it)
-	off    int64         // next body byte to send
-	end    int64         // end of the current range
-	ranges []proto.Range // 24 B: multi-range responses; nil otherwise
-	part   int           // next part of a multi-range response
-	slot   string        // 16 B: the limiter's download slot, "" if none
-	status int
-	sent   int64     // bytes sent (head excluded), for the log
-	log    *logEntry // 8 B: the access-log line under way; nil when not logging
+	// requested is how far the kernel was asked to read ahead for this download; 0
+	// until it first met the disk (downloads from memory never prefetch).
+	requested int64
+	off       int64         // next body byte to send
+	end       int64         // end of the current range
+	ranges    []proto.Range // 24 B: multi-range responses; nil otherwise
+	part      int           // next part of a multi-range response
+	slot      string        // 16 B: the limiter's download slot, "" if none
+	status    int
+	sent      int64     // bytes sent (head excluded), for the log
+	log       *logEntry // 8 B: the access-log line under way; nil when not logging
 }
 
 func newConn(s *Server, gc gnet.Conn, peer netip.Addr) *conn {
@@ -530,7 +533,7 @@ func (c *conn) respond(h *cache.Handle) {
 		return
 	}
 	c.emit(buf.B, nil)
-	c.h, c.fd, c.loaded = h, h.Fd(), 0
+	c.h, c.fd, c.loaded, c.requested = h, h.Fd(), 0, 0
 	switch {
 	case status == 200:
 		c.off, c.end = 0, m.Size
@@ -738,6 +741,7 @@ func (c *conn) send() sendResult {
 				return sendFailed
 			}
 			c.loaded = j.off + j.n
+			c.requested = c.loaded + diskAhead // load asked the kernel for this much
 		}
 		if c.off >= c.end {
 			if c.ranges == nil || c.part > len(c.ranges) {
@@ -772,6 +776,12 @@ func (c *conn) send() sendResult {
 		if c.srv.disk != nil && off+n > c.loaded && (!inMemory(c.fd, off) || !inMemory(c.fd, off+n-1)) {
 			// The next bytes are on the disk, not in memory: a worker reads them in.
 			return c.deferToDisk(off, min(int64(diskLoad), c.h.FileOffset(min(c.end, avail))-off))
+		}
+		if c.requested > 0 && off+n > c.requested-diskAhead/2 && c.requested < c.h.FileOffset(c.end) {
+			// A download that met the disk: keep the kernel reading ahead of it, so it
+			// does not stop at the end of what was asked for.
+			c.prefetch(c.requested, diskAhead)
+			c.requested += diskAhead
 		}
 		var w int
 		if c.copyMode {
@@ -889,6 +899,17 @@ func (c *conn) deferToDisk(off, n int64) sendResult {
 	c.disk = j
 	c.srv.metrics.diskDeferrals.Inc()
 	return sendBlocked
+}
+
+// prefetch asks a worker to have the kernel read [off, off+n) ahead; nobody waits.
+func (c *conn) prefetch(off, n int64) {
+	fd, err := unix.FcntlInt(uintptr(c.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	if !c.srv.disk.submit(&diskJob{fd: fd, off: off, n: n}) {
+		unix.Close(fd)
+	}
 }
 
 // finish ends the response under way: log, metrics, and every slot and handle freed.

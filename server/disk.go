@@ -22,20 +22,22 @@ import (
 // a close of the connection nor of the file can make it use a reused fd number.
 
 const (
-	// diskLoad is how much one deferral reads in: one turn's budget.
-	diskLoad = maxPerTurn
+	// diskLoad is how much one deferral makes sure is in memory before it wakes the
+	// connection: a few turns' budgets.
+	diskLoad = 4 << 20
 	// diskAhead is how far past that the kernel is asked to read ahead, so a sequential
-	// download usually finds its next chunks in memory.
-	diskAhead = 4 << 20
-	// diskChunk is one pread of a worker into its scratch buffer.
-	diskChunk = 64 << 10
+	// download usually finds its next chunks in memory and defers again only rarely.
+	diskAhead = 8 << 20
+	// diskStep is the spacing of the one-byte reads a worker waits on: the pages in
+	// between come in with the read-ahead the kernel is doing anyway.
+	diskStep = 256 << 10
 )
 
 // diskJob is one deferred read: the bytes [off, off+n) of a data file.
 type diskJob struct {
 	fd     int // a dup of the data file's descriptor: the worker's, closed by it
 	off, n int64
-	wake   func() // resumes the connection on its loop (gnet's Wake: safe off the loop)
+	wake   func() // resumes the connection on its loop (gnet's Wake: safe off the loop); nil for a prefetch
 	done   atomic.Bool
 	err    error // set before done
 }
@@ -84,7 +86,7 @@ func (p *diskPool) close() {
 }
 
 func (p *diskPool) run() {
-	buf := make([]byte, diskChunk)
+	var buf [1]byte
 	for {
 		p.mu.Lock()
 		for len(p.jobs) == 0 && !p.closed {
@@ -101,8 +103,14 @@ func (p *diskPool) run() {
 			p.jobs = nil // let the backing array go
 		}
 		p.mu.Unlock()
+		if j.wake == nil {
+			// A prefetch: the connection goes on sending what is in memory meanwhile.
+			willNeed(j.fd, j.off, j.n)
+			unix.Close(j.fd)
+			continue
+		}
 		start := time.Now()
-		j.err = p.load(j, buf)
+		j.err = p.load(j, buf[:])
 		p.metrics.diskReads.Observe(time.Since(start).Seconds())
 		unix.Close(j.fd)
 		j.done.Store(true)
@@ -110,23 +118,39 @@ func (p *diskPool) run() {
 	}
 }
 
-// load reads [off, off+n) so its pages are in memory, and asks the kernel to read
-// ahead what follows.
+// load brings [off, off+n) into memory and asks the kernel to read ahead what
+// follows. It copies (almost) nothing: the kernel is told to read the whole range
+// (POSIX_FADV_WILLNEED starts the reads and returns), and the worker then waits for it
+// with one-byte reads spaced diskStep apart, the last on the range's last byte. A disk
+// error surfaces on those reads.
 func (p *diskPool) load(j *diskJob, buf []byte) error {
-	_ = unix.Fadvise(j.fd, j.off, j.n+diskAhead, unix.FADV_WILLNEED)
-	for off, end := j.off, j.off+j.n; off < end; {
-		r, err := p.read(j.fd, buf[:min(int64(len(buf)), end-off)], off)
+	willNeed(j.fd, j.off, j.n+diskAhead)
+	end := j.off + j.n
+	for off := j.off; ; off = min(off+diskStep, end-1) {
+		r, err := p.read(j.fd, buf, off)
+		for errors.Is(err, unix.EINTR) {
+			r, err = p.read(j.fd, buf, off)
+		}
 		switch {
-		case errors.Is(err, unix.EINTR):
-			continue
 		case err != nil:
 			return err
 		case r == 0:
 			return nil // past the end: sendfile will say what it thinks
 		}
-		off += int64(r)
+		if off >= end-1 {
+			return nil
+		}
 	}
-	return nil
+}
+
+// willNeed asks the kernel to read [off, off+n) in. One POSIX_FADV_WILLNEED reads at
+// most the device's read-ahead size (read_ahead_kb, 128 KiB by default), so the range
+// goes in pieces that each start their reads and return.
+func willNeed(fd int, off, n int64) {
+	const piece = 128 << 10
+	for end := off + n; off < end; off += piece {
+		_ = unix.Fadvise(fd, off, min(piece, end-off), unix.FADV_WILLNEED)
+	}
 }
 
 // probeState says whether preadv2's RWF_NOWAIT works on the cache's file system;
