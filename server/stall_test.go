@@ -50,7 +50,7 @@ func TestInputDoesNotRenewTheSendTimeout(t *testing.T) {
 // slow base are dropped by the send timeout too, after the fill ends, instead of
 // holding their slot and a drain forever.
 func TestStalledReaderOfAFillIsDropped(t *testing.T) {
-	data := randomBytes(3 << 20)
+	data := randomBytes(24 << 20) // more than loopback's socket buffers hold
 	mod := time.Unix(1_700_000_000, 0)
 	b := handlerBase(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("ETag", `"v1"`)
@@ -59,8 +59,8 @@ func TestStalledReaderOfAFillIsDropped(t *testing.T) {
 		if r.Method == http.MethodHead {
 			return
 		}
-		for i := 0; i < len(data); i += 64 << 10 {
-			if _, err := w.Write(data[i:min(i+64<<10, len(data))]); err != nil {
+		for i := 0; i < len(data); i += 256 << 10 {
+			if _, err := w.Write(data[i:min(i+256<<10, len(data))]); err != nil {
 				return
 			}
 			w.(http.Flusher).Flush()
@@ -78,19 +78,20 @@ func TestStalledReaderOfAFillIsDropped(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		conn.(*net.TCPConn).SetReadBuffer(8 << 10)
 		conn.Write([]byte("GET /f.bin HTTP/1.1\r\nHost: x\r\n\r\n"))
 		conns = append(conns, conn)
 	}
-	// The fill takes about 0.5 s; then every reader must be gone within the timeout
-	// (plus the sweeper's period).
-	deadline := time.Now().Add(6 * time.Second)
+	// The fill takes about 1 s; every reader stalls once the socket buffers are full
+	// and must be gone within the timeout (plus the sweeper's period) after that.
+	began := time.Now()
+	deadline := time.Now().Add(15 * time.Second)
 	for s.Downloads() != 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d downloads still held by clients that read nothing", s.Downloads())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	t.Logf("all dropped %v after the requests", time.Since(began).Round(100*time.Millisecond))
 	// And they were cut, not finished: the server could not have sent 3 MiB each.
 	br := bufio.NewReader(conns[0])
 	conns[0].SetReadDeadline(time.Now().Add(5 * time.Second))
