@@ -104,9 +104,10 @@ type testServer struct {
 
 func start(t testing.TB, b *base, mut func(*Config, *limiter.Config, *cache.Config)) *testServer {
 	t.Helper()
-	ccfg := cache.Config{Dir: t.TempDir(), MaxBytes: 1 << 30, Base: b.url, UserAgent: "offload/test", Timeout: 5 * time.Second, Logf: t.Logf}
+	logf := quietAfter(t)
+	ccfg := cache.Config{Dir: t.TempDir(), MaxBytes: 1 << 30, Base: b.url, UserAgent: "offload/test", Timeout: 5 * time.Second, Logf: logf}
 	lcfg := limiter.Config{MaxDupes: 1}
-	cfg := Config{Listen: []string{"127.0.0.1:0"}, Loops: 2, Logf: t.Logf}
+	cfg := Config{Listen: []string{"127.0.0.1:0"}, Loops: 2, Logf: logf}
 	if mut != nil {
 		mut(&cfg, &lcfg, &ccfg)
 	}
@@ -143,6 +144,19 @@ func start(t testing.TB, b *base, mut func(*Config, *limiter.Config, *cache.Conf
 		c.Close()
 	})
 	return &testServer{Server: s, addr: s.Addr().String(), url: "http://" + s.Addr().String(), c: c}
+}
+
+// quietAfter is t.Logf until t's cleanups begin, and silent after: a fill that goes on
+// for the cache after its test (a slow base, cut by the base's close) must not log
+// into a test that has ended.
+func quietAfter(t testing.TB) func(string, ...any) {
+	var over atomic.Bool
+	t.Cleanup(func() { over.Store(true) })
+	return func(f string, args ...any) {
+		if !over.Load() {
+			t.Logf(f, args...)
+		}
+	}
 }
 
 func httpGet(t *testing.T, url string, hdr ...string) (*http.Response, []byte) {
