@@ -11,13 +11,14 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
 func openCache(t *testing.T, b *testBase, dir string, mut func(*Config)) *Cache {
 	t.Helper()
-	cfg := Config{Dir: dir, MaxBytes: 1 << 30, Base: b.URL, UserAgent: "offload/test", Timeout: 5 * time.Second, Logf: t.Logf}
+	cfg := Config{Dir: dir, MaxBytes: 1 << 30, Base: b.URL, UserAgent: "offload/test", Timeout: 5 * time.Second, Logf: quietAfter(t)}
 	if mut != nil {
 		mut(&cfg)
 	}
@@ -27,6 +28,18 @@ func openCache(t *testing.T, b *testBase, dir string, mut func(*Config)) *Cache 
 	}
 	t.Cleanup(c.Close)
 	return c
+}
+
+// quietAfter is t.Logf until t's cleanups begin, and silent after: a fill that goes on
+// after its test must not log into a test that has ended.
+func quietAfter(t testing.TB) func(string, ...any) {
+	var over atomic.Bool
+	t.Cleanup(func() { over.Store(true) })
+	return func(f string, args ...any) {
+		if !over.Load() {
+			t.Logf(f, args...)
+		}
+	}
 }
 
 // readAll reads a handle's whole body the way the server does: from the file as bytes
