@@ -772,6 +772,17 @@ func (c *conn) send() sendResult {
 			continue
 		}
 		n := min(min(c.end, avail)-c.off, budget, maxPerCall)
+		if c.slot != "" && c.ranges == nil && c.off+n == c.end {
+			// The last byte goes out on its own, after the download's slot is freed:
+			// a client that has every byte and asks again at once must not meet its
+			// own download, and a download accelerator gains one byte, no more.
+			if n > 1 {
+				n--
+			} else {
+				c.srv.cfg.Limiter.EndDownload(c.slot)
+				c.slot = ""
+			}
+		}
 		off := c.h.FileOffset(c.off)
 		if c.srv.disk != nil && off+n > c.loaded && (!inMemory(c.fd, off) || !inMemory(c.fd, off+n-1)) {
 			// The next bytes are on the disk, not in memory: a worker reads them in.
@@ -798,12 +809,6 @@ func (c *conn) send() sendResult {
 			c.sent += int64(w)
 			budget -= int64(w)
 			c.setDeadline(c.srv.cfg.Timeout)
-			if c.off == c.end && c.ranges == nil && c.slot != "" {
-				// The last byte is out: the download is over before finish's
-				// bookkeeping, for a client that reads it and asks again at once.
-				c.srv.cfg.Limiter.EndDownload(c.slot)
-				c.slot = ""
-			}
 		}
 		switch {
 		case err == unix.EAGAIN:
@@ -839,6 +844,9 @@ func (c *conn) nextPart() {
 		c.off, c.end = r.Start, r.Start+r.Length
 	} else {
 		buf.B = proto.AppendPartsEnd(buf.B)
+		// The closing delimiter is the answer's last bytes: free the slot first (see send).
+		c.srv.cfg.Limiter.EndDownload(c.slot)
+		c.slot = ""
 	}
 	c.part++
 	c.sent += int64(len(buf.B))

@@ -154,3 +154,35 @@ func TestSlowReaderOfAClosingAnswerGetsItAll(t *testing.T) {
 		t.Logf("the reader was faster than the lingering time: the test proved less than it should")
 	}
 }
+
+// TestAskAgainAtOnce: a client that has every byte of a download and asks for the file
+// again at once, on a new connection, is never refused as a download accelerator (the
+// slot is freed before the last byte goes out), from disk, from memory, and for a
+// multi-range answer.
+func TestAskAgainAtOnce(t *testing.T) {
+	b := newBase(t)
+	b.write(t, "/d.bin", randomBytes(200<<10))
+	b.write(t, "/m.bin", randomBytes(20<<10))
+	s := start(t, b, func(_ *Config, l *limiter.Config, cc *cache.Config) {
+		l.MaxDupes = 1
+		cc.Revalidate = time.Hour
+	})
+	for _, tc := range []struct{ path, rng string }{{"/d.bin", ""}, {"/m.bin", ""}, {"/d.bin", "bytes=0-9,100000-100099"}} {
+		for i := range 60 {
+			client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+			req, _ := http.NewRequest("GET", s.url+tc.path, nil)
+			if tc.rng != "" {
+				req.Header.Set("Range", tc.rng)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 && resp.StatusCode != 206 {
+				t.Fatalf("%s %s, request %d: %d", tc.path, tc.rng, i, resp.StatusCode)
+			}
+		}
+	}
+}
