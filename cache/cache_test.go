@@ -42,8 +42,9 @@ func quietAfter(t testing.TB) func(string, ...any) {
 	}
 }
 
-// readAll reads a handle's whole body the way the server does: from the file as bytes
-// land, waiting (no polling) when it has caught up with the fill.
+// readAll reads a handle's whole body the way the server does: from the file at
+// FileOffset (cache entries and local docroot files alike) as bytes land, waiting (no
+// polling) when it has caught up with the fill.
 func readAll(t *testing.T, h *Handle) ([]byte, error) {
 	t.Helper()
 	defer h.Release()
@@ -58,7 +59,7 @@ func readAll(t *testing.T, h *Handle) ([]byte, error) {
 		}
 		if avail > int64(len(out)) {
 			buf := make([]byte, avail-int64(len(out)))
-			if _, err := h.File().ReadAt(buf, HeaderSize+int64(len(out))); err != nil {
+			if _, err := h.File().ReadAt(buf, h.FileOffset(int64(len(out)))); err != nil {
 				return out, err
 			}
 			out = append(out, buf...)

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -49,40 +48,6 @@ func (d *docSetup) publish(t *testing.T, path string, data, local []byte) {
 	if err := os.Chtimes(p, mt, mt); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// readHandle reads a handle's body through FileOffset and Fd, as the server does.
-func readHandle(t *testing.T, h *Handle) ([]byte, error) {
-	t.Helper()
-	defer h.Release()
-	if h.Body != nil {
-		return h.Body, nil
-	}
-	out := make([]byte, 0, h.Meta.Size)
-	for int64(len(out)) < h.Meta.Size {
-		avail, err := h.Available()
-		if err != nil {
-			return out, err
-		}
-		if avail > int64(len(out)) {
-			buf := make([]byte, avail-int64(len(out)))
-			n, err := syscall.Pread(h.Fd(), buf, h.FileOffset(int64(len(out))))
-			if n <= 0 {
-				return out, errors.Join(err, errors.New("short read"))
-			}
-			out = append(out, buf[:n]...)
-			continue
-		}
-		woke := make(chan struct{})
-		if h.Wait(avail, func() { close(woke) }) {
-			select {
-			case <-woke:
-			case <-time.After(10 * time.Second):
-				t.Fatal("reader never woken")
-			}
-		}
-	}
-	return out, nil
 }
 
 func getFor(c *Cache, path string, client netip.Addr) (*Handle, error) {
@@ -217,7 +182,7 @@ func TestDocRoot(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := readHandle(t, h)
+			got, err := readAll(t, h)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -296,7 +261,7 @@ func TestDocRootRevalidate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got, err := readHandle(t, h); err != nil || !bytes.Equal(got, data) {
+		if got, err := readAll(t, h); err != nil || !bytes.Equal(got, data) {
 			t.Fatalf("read: %v", err)
 		}
 	}
@@ -365,7 +330,7 @@ func TestDocRootHandleOffsets(t *testing.T) {
 		if got := h.FileOffset(123); got != at+123 {
 			t.Errorf("%s: FileOffset(123) = %d, want %d", path, got, at+123)
 		}
-		if got, err := readHandle(t, h); err != nil || !bytes.Equal(got, data) {
+		if got, err := readAll(t, h); err != nil || !bytes.Equal(got, data) {
 			t.Errorf("%s: read %v", path, err)
 		}
 	}

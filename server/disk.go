@@ -153,7 +153,7 @@ func willNeed(fd int, off, n int64) {
 	}
 }
 
-// probeState says whether preadv2's RWF_NOWAIT works on the cache's file system;
+// probeUnsupported says whether preadv2's RWF_NOWAIT works on the cache's file system;
 // where it does not (EOPNOTSUPP), the loop cannot tell and sends as before.
 var probeUnsupported atomic.Bool
 
