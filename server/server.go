@@ -10,6 +10,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -27,7 +28,17 @@ import (
 
 // Config is what the server needs; Cache and Limiter are required.
 type Config struct {
-	Listen        []string     // "host:port" addresses to listen on
+	Listen []string // "host:port" addresses to listen on
+	// TLSListen are the addresses that speak HTTPS (TLS 1.2 and 1.3); TLS is then
+	// required: its certificates (GetCertificate, for SNI and reloads), NextProtos
+	// and session tickets. The server sets MinVersion and ALPN http/1.1 itself.
+	TLSListen []string
+	TLS       *tls.Config
+	// ACMEChallenge, when set, answers an ACME HTTP-01 challenge on any listener:
+	// given the token (the last segment of /.well-known/acme-challenge/TOKEN) it
+	// returns the key authorization to send with a 200, or ok false for a 404. It may
+	// block (it may read a file): the server calls it off the event loop.
+	ACMEChallenge func(ctx context.Context, token string) (keyAuth []byte, ok bool)
 	Cache         *cache.Cache // where bodies come from
 	Limiter       *limiter.Limiter
 	AccessLog     *AccessLog    // nil: no access log
