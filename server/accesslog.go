@@ -10,7 +10,10 @@ import (
 	"time"
 )
 
-// AccessLog writes one line per response in Apache's Combined Log Format. Lines are
+// AccessLog writes one line per response in Apache's Combined Log Format followed by
+// the listener's scheme, http or https (Apache's "%h %l %u %t \"%r\" %>s %b
+// \"%{Referer}i\" \"%{User-Agent}i\" %{REQUEST_SCHEME}x"; log parsers read the
+// Combined fields and ignore one more). Lines are
 // buffered and flushed once a second; Reopen (on SIGHUP) starts a new file after
 // rotation. A nil *AccessLog logs nothing.
 type AccessLog struct {
@@ -78,9 +81,10 @@ type logEntry struct {
 	bytes   int64
 	referer string
 	agent   string
+	https   bool // the request came on an HTTPS listener
 }
 
-// Write appends one Combined Log Format line.
+// write appends one line.
 func (l *AccessLog) write(e *logEntry) {
 	if l == nil {
 		return
@@ -103,7 +107,11 @@ func (l *AccessLog) write(e *logEntry) {
 	b = appendEscaped(b, orDash(e.referer))
 	b = append(b, "\" \""...)
 	b = appendEscaped(b, orDash(e.agent))
-	b = append(b, "\"\n"...)
+	if e.https {
+		b = append(b, "\" https\n"...)
+	} else {
+		b = append(b, "\" http\n"...)
+	}
 	l.mu.Lock()
 	l.w.Write(b)
 	l.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -50,13 +51,22 @@ func httpGetWithin(t *testing.T, d time.Duration, url string, hdr ...string) (*h
 // dial opens a raw connection with a deadline for the whole exchange.
 func dial(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	conn, err := net.Dial("tcp", addr)
+	conn, err := dialPlainOrTLS(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	conn.SetDeadline(time.Now().Add(20 * time.Second))
 	return conn, bufio.NewReader(conn)
+}
+
+// dialPlainOrTLS connects to the server under test: over TLS in tlsMode.
+func dialPlainOrTLS(addr string) (net.Conn, error) {
+	if tlsMode {
+		d := &net.Dialer{Timeout: 10 * time.Second}
+		return tls.DialWithDialer(d, "tcp", addr, &tls.Config{RootCAs: testRoots})
+	}
+	return net.DialTimeout("tcp", addr, 10*time.Second)
 }
 
 // exchange writes a raw request and reads one response and its body.
@@ -580,7 +590,7 @@ func TestHeadTakesNoDownloadSlot(t *testing.T) {
 	s := start(t, b, nil)
 	httpGetWithin(t, 20*time.Second, s.url+"/dl.bin", "Range", "bytes=0-0") // warm
 	conn, br := dial(t, s.addr)
-	conn.(*net.TCPConn).SetReadBuffer(4096)
+	tcpOf(conn).SetReadBuffer(4096)
 	fmt.Fprintf(conn, "GET /dl.bin HTTP/1.1\r\nHost: x\r\n\r\n")
 	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "200") {
 		t.Fatalf("held download: %q %v", line, err)
@@ -643,7 +653,7 @@ func TestShutdownTwins(t *testing.T) {
 		t.Fatalf("idle connection's request: %d close %v", resp.StatusCode, resp.Close)
 	}
 	busy, busyBr := dial(t, s.addr)
-	busy.(*net.TCPConn).SetReadBuffer(16 << 10)
+	tcpOf(busy).SetReadBuffer(16 << 10)
 	fmt.Fprintf(busy, "GET /dl.bin HTTP/1.1\r\nHost: x\r\n\r\n")
 	resp, err := http.ReadResponse(busyBr, nil)
 	if err != nil || resp.StatusCode != 200 {

@@ -24,10 +24,11 @@ import (
 
 // The phases of a connection.
 const (
-	phaseRead   = iota // reading a request head
-	phaseWait          // the cache is asking the base; conn.fetch wakes us with a result
-	phaseSend          // sending a body from a file
-	phaseLinger        // answered and half-closed: reading what the client still sends, then closing
+	phaseRead      = iota // reading a request head
+	phaseWait             // the cache is asking the base; conn.fetch wakes us with a result
+	phaseSend             // sending a body from a file
+	phaseLinger           // answered and half-closed: reading what the client still sends, then closing
+	phaseHandshake        // HTTPS: the TLS handshake runs in its goroutine (see tls.go)
 )
 
 // maxPerTurn bounds the bytes one connection sends per event-loop turn, so one fast
@@ -87,6 +88,8 @@ type conn struct {
 	reading   bool // part of a request head has arrived
 	failed    bool // a write to the client failed: close, send nothing more
 	shut      bool // lingering: our side is shut down for writing
+	// pendingCounted: output waiting for the socket is counted in flight (notePending).
+	pendingCounted bool
 
 	deadline atomic.Int64 // 8 B: UnixNano after which the sweeper closes us; 0: none
 	idle     atomic.Bool  // between requests: closed at once when draining
@@ -98,6 +101,8 @@ type conn struct {
 	fillWaiting atomic.Bool
 	fillWake    func()                 // 8 B: made on first use
 	pending     atomic.Pointer[result] // 8 B: the cache's answer, while phaseWait
+
+	tls *tlsState // 8 B: nil on a plain HTTP connection
 
 	req    proto.Request              // ~330 B
 	held   *bytebufferpool.ByteBuffer // 8 B: copy of the head while phaseWait
@@ -165,6 +170,11 @@ func (c *conn) serve() gnet.Action {
 }
 
 func (c *conn) advance() gnet.Action {
+	if c.phase == phaseHandshake {
+		if act, done := c.handshake(); !done {
+			return act
+		}
+	}
 	if c.phase == phaseLinger {
 		return c.linger()
 	}
@@ -207,8 +217,11 @@ func (c *conn) advance() gnet.Action {
 		if act, blocked := c.flushFirst(); blocked {
 			return act
 		}
-		buf, _ := c.gc.Peek(-1)
+		buf := c.inbound()
 		if len(buf) == 0 {
+			if c.failed || c.tls != nil && c.tls.eof {
+				return gnet.Close // the client ended its side with nothing left to answer
+			}
 			return gnet.None
 		}
 		n, err := c.req.Parse(buf)
@@ -237,7 +250,7 @@ func (c *conn) advance() gnet.Action {
 			return c.linger() // the client may still be sending: let the answer reach it
 		}
 		c.begin(buf[:n])
-		_, _ = c.gc.Discard(n)
+		c.consume(n)
 		if c.failed {
 			return gnet.Close
 		}
@@ -280,14 +293,21 @@ func (c *conn) linger() gnet.Action {
 			c.setDeadline(lingerTime)
 		}
 	}
-	_, _ = c.gc.Discard(-1)
-	if c.outPending() {
-		switch err := c.flush(); {
-		case err == errBlocked:
-			return gnet.None // the deadline bounds the wait
-		case err != nil:
-			return gnet.Close
+	c.dropInbound()
+	for {
+		if c.outPending() {
+			switch err := c.flush(); {
+			case err == errBlocked:
+				return gnet.None // the deadline bounds the wait
+			case err != nil:
+				return gnet.Close
+			}
 		}
+		if c.tls == nil || c.tls.notified {
+			break
+		}
+		c.tls.notified = true
+		c.tlsCloseWrite() // close_notify: the answer ends here, not truncated
 	}
 	if !c.shut {
 		c.shut = true
@@ -313,7 +333,11 @@ func (c *conn) between() {
 
 // checkInbound closes a client that piles up input while it cannot be served.
 func (c *conn) checkInbound() gnet.Action {
-	if c.gc.InboundBuffered() > maxInbound {
+	n := c.gc.InboundBuffered()
+	if c.tls != nil && c.tls.in != nil {
+		n += len(c.tls.in.B)
+	}
+	if n > maxInbound {
 		return gnet.Close
 	}
 	return gnet.None
@@ -577,18 +601,7 @@ func (c *conn) emit(head, body []byte) {
 		c.queue(head, body)
 		return
 	}
-	var n int
-	var err error
-	for {
-		if len(body) == 0 {
-			n, err = unix.Write(c.gc.Fd(), head)
-		} else {
-			n, err = unix.Writev(c.gc.Fd(), [][]byte{head, body})
-		}
-		if err != unix.EINTR {
-			break
-		}
-	}
+	n, err := c.write2(head, body)
 	switch {
 	case err == unix.EAGAIN:
 		n = 0
@@ -606,10 +619,6 @@ func (c *conn) emit(head, body []byte) {
 // queue keeps bytes the socket did not take, in order. While any wait, the answer is
 // in flight: a drain waits for it and does not take the connection for idle.
 func (c *conn) queue(head, body []byte) {
-	if !c.outPending() && (len(head) > 0 || len(body) > 0) {
-		c.srv.metrics.inflight.Add(1)
-		c.idle.Store(false)
-	}
 	if len(c.outBody) > 0 && (len(head) > 0 || len(body) > 0) {
 		// More after a kept body: copy that body, so the order holds.
 		if c.out == nil {
@@ -627,31 +636,113 @@ func (c *conn) queue(head, body []byte) {
 	if len(body) > 0 {
 		c.outBody = body
 	}
+	c.notePending()
 }
 
-func (c *conn) outPending() bool { return c.out != nil || len(c.outBody) > 0 }
+// notePending counts output that waits for the socket as in flight, once: a drain
+// waits for it and does not take the connection for idle.
+func (c *conn) notePending() {
+	if !c.pendingCounted && c.outPending() {
+		c.pendingCounted = true
+		c.srv.metrics.inflight.Add(1)
+		c.idle.Store(false)
+	}
+}
+
+// noteFlushed ends what notePending counted once all output is out.
+func (c *conn) noteFlushed() {
+	if !c.pendingCounted || c.outPending() {
+		return
+	}
+	c.pendingCounted = false
+	c.srv.metrics.inflight.Add(-1)
+	switch {
+	case c.phase == phaseRead && !c.reading:
+		c.between()
+	case c.phase == phaseLinger:
+		c.idle.Store(true)
+		c.setDeadline(lingerTime) // the answer is out: now the lingering time
+	}
+}
+
+func (c *conn) outPending() bool {
+	return c.out != nil || len(c.outBody) > 0 || c.tls != nil && len(c.tls.left) > 0
+}
+
+// write2 writes a then b to the client, as one write where it can; it returns how
+// many bytes of the two the connection took (for HTTPS: encrypted and written, or
+// kept as records in c.tls.left), unix.EAGAIN when none.
+func (c *conn) write2(a, b []byte) (int, error) {
+	if c.tls != nil {
+		return c.tlsWrite(a, b)
+	}
+	for {
+		var n int
+		var err error
+		switch {
+		case len(b) == 0:
+			n, err = unix.Write(c.gc.Fd(), a)
+		case len(a) == 0:
+			n, err = unix.Write(c.gc.Fd(), b)
+		default:
+			n, err = unix.Writev(c.gc.Fd(), [][]byte{a, b})
+		}
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
+}
+
+// inbound is the input received and not parsed yet (for HTTPS, decrypted).
+func (c *conn) inbound() []byte {
+	if c.tls != nil {
+		return c.tlsInbound()
+	}
+	buf, _ := c.gc.Peek(-1)
+	return buf
+}
+
+// consume drops n bytes of parsed input.
+func (c *conn) consume(n int) {
+	if c.tls != nil {
+		c.tlsConsume(n)
+		return
+	}
+	_, _ = c.gc.Discard(n)
+}
+
+// dropInbound drops all input, received and to come (lingering).
+func (c *conn) dropInbound() {
+	_, _ = c.gc.Discard(-1)
+	if c.tls != nil {
+		c.tlsConsume(math.MaxInt)
+	}
+}
 
 // flush writes what emit queued: nil once all is out, errBlocked when the socket is
 // full (the write poller wakes us), another error when the client is gone.
 func (c *conn) flush() error {
 	for c.outPending() {
+		if c.tls != nil && len(c.tls.left) > 0 {
+			// Records the socket did not take go before any other byte.
+			switch err := c.tlsFlushLeft(); {
+			case err == unix.EAGAIN:
+				if c.waitWritable() == sendFailed {
+					return err
+				}
+				return errBlocked
+			case err != nil:
+				return err
+			}
+			c.noteFlushed()
+			continue
+		}
 		var head []byte
 		if c.out != nil {
 			head = c.out.B
 		}
-		var n int
-		var err error
+		n, err := c.write2(head, c.outBody)
 		switch {
-		case len(c.outBody) == 0:
-			n, err = unix.Write(c.gc.Fd(), head)
-		case len(head) == 0:
-			n, err = unix.Write(c.gc.Fd(), c.outBody)
-		default:
-			n, err = unix.Writev(c.gc.Fd(), [][]byte{head, c.outBody})
-		}
-		switch {
-		case err == unix.EINTR:
-			continue
 		case err == unix.EAGAIN:
 			// Input from the client (which wakes us too) must not renew the timer:
 			// only bytes the client accepts do.
@@ -678,23 +769,15 @@ func (c *conn) flush() error {
 		if len(c.outBody) == 0 {
 			c.outBody = nil
 		}
-		if !c.outPending() {
-			c.srv.metrics.inflight.Add(-1)
-			switch {
-			case c.phase == phaseRead && !c.reading:
-				c.between()
-			case c.phase == phaseLinger:
-				c.idle.Store(true)
-				c.setDeadline(lingerTime) // the answer is out: now the lingering time
-			}
-		}
+		c.noteFlushed()
 	}
 	return nil
 }
 
 // dropOutput frees what was never sent.
 func (c *conn) dropOutput() {
-	if c.outPending() {
+	if c.pendingCounted {
+		c.pendingCounted = false
 		c.srv.metrics.inflight.Add(-1)
 	}
 	if c.out != nil {
@@ -795,9 +878,12 @@ func (c *conn) send() sendResult {
 			c.requested += diskAhead
 		}
 		var w int
-		if c.copyMode {
+		switch {
+		case c.tls != nil:
+			w, err = c.tlsSendFile(off, int(n))
+		case c.copyMode:
 			w, err = c.copyOut(off, int(n))
-		} else {
+		default:
 			w, err = sendfile(c.gc.Fd(), c.fd, &off, int(n))
 			if (err == unix.EINVAL || err == unix.ENOSYS || err == unix.EOPNOTSUPP) && w <= 0 {
 				c.copyMode = true // a file system without sendfile: copy instead
@@ -932,9 +1018,9 @@ func (c *conn) finish() {
 	c.fd = -1
 	c.srv.cfg.Limiter.EndDownload(c.slot)
 	c.slot = ""
-	c.srv.metrics.request(c.status, c.sent)
+	c.srv.metrics.request(c.status, c.sent, c.tls != nil)
 	if c.log != nil {
-		c.log.status, c.log.bytes = c.status, c.sent
+		c.log.status, c.log.bytes, c.log.https = c.status, c.sent, c.tls != nil
 		c.srv.cfg.AccessLog.write(c.log)
 		c.log = nil
 	}
@@ -946,6 +1032,12 @@ func (c *conn) finish() {
 // close runs from OnClose: whatever the connection was doing, free it.
 func (c *conn) close() {
 	c.closed.Store(true)
+	if c.tls != nil {
+		c.tlsClose()
+	}
+	if c.phase == phaseHandshake {
+		return // nothing asked, nothing held
+	}
 	if c.cancel != nil {
 		c.cancel()
 		c.cancel = nil

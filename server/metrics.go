@@ -23,6 +23,11 @@ type metrics struct {
 	refusals  *prometheus.CounterVec
 	inflight  atomic.Int64 // requests being answered: waiting for the base or sending a body
 
+	// By listener: [0] plain HTTP, [1] HTTPS.
+	listenerRequests [2]prometheus.Counter
+	listenerBytes    [2]prometheus.Counter
+	handshakes       *prometheus.CounterVec // TLS handshakes, by result
+
 	diskDeferrals prometheus.Counter   // sends that waited for the disk pool
 	diskReads     prometheus.Histogram // how long the disk pool's reads took
 }
@@ -35,6 +40,19 @@ func newMetrics(c *cache.Cache, l *limiter.Limiter) *metrics {
 	m.bytesSent = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "offload_sent_bytes_total", Help: "Body bytes sent to clients.",
 	})
+	byListener := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "offload_listener_requests_total", Help: "Responses sent, by listener (http, https).",
+	}, []string{"listener"})
+	bytesByListener := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "offload_listener_sent_bytes_total", Help: "Body bytes sent, by listener (http, https).",
+	}, []string{"listener"})
+	for i, l := range []string{"http", "https"} {
+		m.listenerRequests[i] = byListener.WithLabelValues(l)
+		m.listenerBytes[i] = bytesByListener.WithLabelValues(l)
+	}
+	m.handshakes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "offload_tls_handshakes_total", Help: "TLS handshakes on the HTTPS listeners, by result (ok, failed).",
+	}, []string{"result"})
 	m.diskDeferrals = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "offload_disk_deferrals_total",
 		Help: "Sends whose next bytes were not in memory, handed to the disk pool instead of blocking a loop.",
@@ -52,7 +70,7 @@ func newMetrics(c *cache.Cache, l *limiter.Limiter) *metrics {
 			func() float64 { return float64(v.Load()) })
 	}
 	s := &c.Stats
-	m.registry.MustRegister(m.requests, m.bytesSent, m.refusals, m.diskDeferrals, m.diskReads,
+	m.registry.MustRegister(m.requests, m.bytesSent, byListener, bytesByListener, m.handshakes, m.refusals, m.diskDeferrals, m.diskReads,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		stat("offload_cache_hits_total", "Requests served from a committed cache entry.", &s.Hits),
 		stat("offload_cache_misses_total", "Requests that needed a fill.", &s.Misses),
@@ -77,7 +95,15 @@ func newMetrics(c *cache.Cache, l *limiter.Limiter) *metrics {
 	return m
 }
 
-func (m *metrics) request(status int, sent int64) {
+func (m *metrics) request(status int, sent int64, tls bool) {
+	l := 0
+	if tls {
+		l = 1
+	}
+	m.listenerRequests[l].Inc()
+	if sent > 0 {
+		m.listenerBytes[l].Add(float64(sent))
+	}
 	if status < 100 || status >= len(m.byStatus) {
 		status = 599
 	}

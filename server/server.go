@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +66,8 @@ type Server struct {
 	draining atomic.Bool
 	ready    chan struct{} // closed when the listeners are bound
 	addr     net.Addr      // the first listener's address, once bound
+	tlsCfg   *tls.Config   // the HTTPS listeners' configuration; nil without any
+	tlsAddrs []net.Addr    // the HTTPS listeners' addresses, once bound
 	bootErr  error
 
 	mu    sync.Mutex // protects conns
@@ -73,8 +76,11 @@ type Server struct {
 
 // New checks cfg and prepares a server.
 func New(cfg Config) (*Server, error) {
-	if cfg.Cache == nil || cfg.Limiter == nil || len(cfg.Listen) == 0 {
+	if cfg.Cache == nil || cfg.Limiter == nil || len(cfg.Listen)+len(cfg.TLSListen) == 0 {
 		return nil, errors.New("server: Cache, Limiter and Listen are required")
+	}
+	if len(cfg.TLSListen) > 0 && cfg.TLS == nil {
+		return nil, errors.New("server: TLSListen needs TLS (certificates)")
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 45 * time.Second
@@ -99,6 +105,12 @@ func New(cfg Config) (*Server, error) {
 		ready:   make(chan struct{}),
 		conns:   map[*conn]struct{}{},
 	}
+	if len(cfg.TLSListen) > 0 {
+		s.tlsCfg = serverTLS(cfg.TLS)
+		if !kernelTLS() {
+			cfg.Logf("server: this kernel has no kTLS: HTTPS records are encrypted in userspace")
+		}
+	}
 	if cfg.DiskWorkers == 0 {
 		cfg.DiskWorkers = 16
 	}
@@ -110,9 +122,9 @@ func New(cfg Config) (*Server, error) {
 
 // Serve binds the listeners and serves until Shutdown; it blocks.
 func (s *Server) Serve() error {
-	addrs := make([]string, len(s.cfg.Listen))
-	for i, a := range s.cfg.Listen {
-		addrs[i] = "tcp://" + a
+	var addrs []string
+	for _, a := range append(append([]string(nil), s.cfg.Listen...), s.cfg.TLSListen...) {
+		addrs = append(addrs, "tcp://"+a)
 	}
 	opts := []gnet.Option{
 		gnet.WithReuseAddr(true),
@@ -152,21 +164,89 @@ func (s *Server) Ready() <-chan struct{} { return s.ready }
 // Addr is the first listener's address, valid after Ready.
 func (s *Server) Addr() net.Addr { return s.addr }
 
+// TLSAddr is the first HTTPS listener's address, valid after Ready; nil without one.
+func (s *Server) TLSAddr() net.Addr {
+	if len(s.tlsAddrs) == 0 {
+		return nil
+	}
+	return s.tlsAddrs[0]
+}
+
+// boundAddr is the address listener addr was bound to (its port, if it asked for 0).
+func boundAddr(eng gnet.Engine, addr string) net.Addr {
+	fd, err := eng.DupListener("tcp", addr)
+	if err != nil {
+		return nil
+	}
+	defer unix.Close(fd)
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return nil
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	}
+	return nil
+}
+
+// isTLS says whether a connection came in on an HTTPS listener, by the local address
+// of its socket (gnet gives a connection its listener's address as it was asked for,
+// port 0 included).
+func (s *Server) isTLS(gc gnet.Conn) bool {
+	if len(s.tlsAddrs) == 0 {
+		return false
+	}
+	sa, err := unix.Getsockname(gc.Fd())
+	if err != nil {
+		return false
+	}
+	var ip net.IP
+	var port int
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		ip, port = net.IP(a.Addr[:]), a.Port
+	case *unix.SockaddrInet6:
+		ip, port = net.IP(a.Addr[:]), a.Port
+	default:
+		return false
+	}
+	for _, a := range s.tlsAddrs {
+		if ta, ok := a.(*net.TCPAddr); ok && ta.Port == port && (ta.IP.IsUnspecified() || ta.IP.Equal(ip)) {
+			return true
+		}
+	}
+	return false
+}
+
+// serverTLS is the HTTPS listeners' configuration: the caller's certificates and
+// tickets, with TLS 1.2 at least, ALPN http/1.1, and full-size records (downloads
+// are what this server is for; nginx's default buffer is a full record too).
+func serverTLS(in *tls.Config) *tls.Config {
+	cfg := in.Clone()
+	if cfg.MinVersion < tls.VersionTLS12 {
+		cfg.MinVersion = tls.VersionTLS12
+	}
+	if !slices.Contains(cfg.NextProtos, "http/1.1") {
+		cfg.NextProtos = append([]string{"http/1.1"}, cfg.NextProtos...)
+	}
+	cfg.DynamicRecordSizingDisabled = true
+	return cfg
+}
+
 // OnBoot records the bound address and runs the configured hook (privilege drop).
 func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 	s.eng = eng
-	if len(s.cfg.Listen) == 1 {
-		if fd, err := eng.Dup(); err == nil {
-			if sa, err := unix.Getsockname(fd); err == nil {
-				switch a := sa.(type) {
-				case *unix.SockaddrInet4:
-					s.addr = &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
-				case *unix.SockaddrInet6:
-					s.addr = &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
-				}
-			}
-			unix.Close(fd)
-		}
+	if len(s.cfg.Listen) > 0 {
+		s.addr = boundAddr(eng, s.cfg.Listen[0])
+	}
+	for _, a := range s.cfg.TLSListen {
+		s.tlsAddrs = append(s.tlsAddrs, boundAddr(eng, a))
+	}
+	if s.addr == nil && len(s.tlsAddrs) > 0 {
+		s.addr = s.tlsAddrs[0]
 	}
 	if s.cfg.OnBoot != nil {
 		if err := s.cfg.OnBoot(); err != nil {
@@ -216,16 +296,24 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	if ta, ok := gc.RemoteAddr().(*net.TCPAddr); ok {
 		peer = ta.AddrPort().Addr().Unmap()
 	}
+	isTLS := s.isTLS(gc)
 	if r := s.cfg.Limiter.OpenConn(peer); r != limiter.Allowed {
 		reason := "too many connections"
 		if r == limiter.TooManyConnsPerIP {
 			reason = "too many connections from your address"
 		}
 		s.metrics.refusals.WithLabelValues(reason).Inc()
-		s.metrics.request(503, 0)
+		s.metrics.request(503, 0, isTLS)
+		if isTLS {
+			return nil, gnet.Close // no handshake, no plain text on a TLS port
+		}
 		return refusal(reason), gnet.Close
 	}
 	c := newConn(s, gc, peer)
+	if isTLS {
+		c.tls = newTLSState(gc, s.tlsCfg)
+		c.phase = phaseHandshake
+	}
 	gc.SetContext(c)
 	s.mu.Lock()
 	s.conns[c] = struct{}{}

@@ -108,6 +108,9 @@ func start(t testing.TB, b *base, mut func(*Config, *limiter.Config, *cache.Conf
 	ccfg := cache.Config{Dir: t.TempDir(), MaxBytes: 1 << 30, Base: b.url, UserAgent: "offload/test", Timeout: 5 * time.Second, Logf: logf}
 	lcfg := limiter.Config{MaxDupes: 1}
 	cfg := Config{Listen: []string{"127.0.0.1:0"}, Loops: 2, Logf: logf}
+	if tlsMode {
+		cfg.TLSListen, cfg.TLS = []string{"127.0.0.1:0"}, testTLSConfig()
+	}
 	if mut != nil {
 		mut(&cfg, &lcfg, &ccfg)
 	}
@@ -143,6 +146,12 @@ func start(t testing.TB, b *base, mut func(*Config, *limiter.Config, *cache.Conf
 		<-done
 		c.Close()
 	})
+	if tlsMode {
+		if s.TLSAddr() == nil {
+			t.Fatal("no HTTPS listener")
+		}
+		return &testServer{Server: s, addr: s.TLSAddr().String(), url: "https://" + s.TLSAddr().String(), c: c}
+	}
 	return &testServer{Server: s, addr: s.Addr().String(), url: "http://" + s.Addr().String(), c: c}
 }
 
@@ -226,7 +235,7 @@ func TestCurlResumeAndRanges(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "f.bin")
 	os.WriteFile(out, data[:1<<20], 0o644) // a download cut short
-	cmd := exec.Command("curl", "-sS", "-f", "-C", "-", "-o", out, s.url+"/f.bin")
+	cmd := exec.Command("curl", curlArgs("-sS", "-f", "-C", "-", "-o", out, s.url+"/f.bin")...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("curl -C -: %v %s", err, b)
 	}
@@ -328,11 +337,11 @@ func TestAcceleratorCap(t *testing.T) {
 	b.write(t, "/dl.bin", randomBytes(64<<20))
 	s := start(t, b, nil)
 	// A slow first download: read its head, then stall.
-	conn, err := net.Dial("tcp", s.addr)
+	conn, err := dialPlainOrTLS(s.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn.(*net.TCPConn).SetReadBuffer(4096)
+	tcpOf(conn).SetReadBuffer(4096)
 	fmt.Fprintf(conn, "GET /dl.bin HTTP/1.1\r\nHost: x\r\n\r\n")
 	br := bufio.NewReader(conn)
 	st, err := br.ReadString('\n')
@@ -374,7 +383,7 @@ func TestKeepAliveAndPipelining(t *testing.T) {
 	big := randomBytes(200 << 10)
 	b.write(t, "/b.bin", big)
 	s := start(t, b, nil)
-	conn, err := net.Dial("tcp", s.addr)
+	conn, err := dialPlainOrTLS(s.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -467,7 +476,7 @@ func TestMalformedRequests(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			conn, err := net.Dial("tcp", s.addr)
+			conn, err := dialPlainOrTLS(s.addr)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -518,7 +527,7 @@ func TestSlowlorisAndStall(t *testing.T) {
 		c.Timeout = 500 * time.Millisecond
 	})
 	// A head that never finishes is cut off.
-	conn, _ := net.Dial("tcp", s.addr)
+	conn, _ := dialPlainOrTLS(s.addr)
 	conn.Write([]byte("GET /big.bin HTTP/1.1\r\nHost: x\r\n"))
 	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadAll(conn); err != nil {
@@ -526,8 +535,8 @@ func TestSlowlorisAndStall(t *testing.T) {
 	}
 	conn.Close()
 	// A client that stops reading is dropped and its slot freed.
-	conn, _ = net.Dial("tcp", s.addr)
-	conn.(*net.TCPConn).SetReadBuffer(4096)
+	conn, _ = dialPlainOrTLS(s.addr)
+	tcpOf(conn).SetReadBuffer(4096)
 	conn.Write([]byte("GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n"))
 	deadline := time.Now().Add(10 * time.Second)
 	time.Sleep(200 * time.Millisecond)
@@ -548,11 +557,11 @@ func TestConnectionCaps(t *testing.T) {
 	s := start(t, b, func(_ *Config, l *limiter.Config, _ *cache.Config) { l.MaxConnsPerIP = 2 })
 	var conns []net.Conn
 	for range 2 {
-		c, _ := net.Dial("tcp", s.addr)
+		c, _ := dialPlainOrTLS(s.addr)
 		conns = append(conns, c)
 	}
 	time.Sleep(100 * time.Millisecond)
-	c, _ := net.Dial("tcp", s.addr)
+	c, _ := dialPlainOrTLS(s.addr)
 	c.SetReadDeadline(time.Now().Add(3 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil || resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
@@ -692,7 +701,7 @@ func TestCopyFallback(t *testing.T) {
 	// A reader that starts late, on a closing connection, still gets every byte: the
 	// socket fills, gnet queues up to the low-water mark, and the server waits.
 	// (Not a tiny receive buffer: Linux then sends one window per 200 ms, nginx too.)
-	conn, err := net.Dial("tcp", s.addr)
+	conn, err := dialPlainOrTLS(s.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -755,11 +764,11 @@ func TestTrustedProxyClients(t *testing.T) {
 	})
 	httpGet(t, s.url+"/dl.bin", "Range", "bytes=0-0") // warm
 	hold := func(xff string) net.Conn {
-		conn, err := net.Dial("tcp", s.addr)
+		conn, err := dialPlainOrTLS(s.addr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		conn.(*net.TCPConn).SetReadBuffer(4096)
+		tcpOf(conn).SetReadBuffer(4096)
 		fmt.Fprintf(conn, "GET /dl.bin HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: %s\r\n\r\n", xff)
 		line, err := bufio.NewReader(conn).ReadString('\n')
 		if err != nil || !strings.Contains(line, "200") {
@@ -804,7 +813,7 @@ func TestPipelinedFloodIsBounded(t *testing.T) {
 	s := start(t, b, func(c *Config, _ *limiter.Config, _ *cache.Config) {})
 	httpGet(t, s.url+"/m.bin")
 	httpGet(t, s.url+"/m.bin") // the body is now held in memory
-	conn, err := net.Dial("tcp", s.addr)
+	conn, err := dialPlainOrTLS(s.addr)
 	if err != nil {
 		t.Fatal(err)
 	}

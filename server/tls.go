@@ -1,0 +1,469 @@
+package server
+
+import (
+	"crypto/tls"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"github.com/valyala/bytebufferpool"
+	"golang.org/x/sys/unix"
+)
+
+// HTTPS on the event loop.
+//
+// crypto/tls speaks the protocol; this file moves its bytes. A handshake cannot be
+// resumed once a non-blocking read comes back empty, so each handshake runs in a
+// short-lived goroutine that reads the bytes the loop hands it and writes to a
+// duplicate of the socket (the duplicate keeps the socket's number from being reused
+// under it if gnet closes the connection meanwhile). Once the handshake is done the
+// loop owns the tls.Conn, and no goroutine is left:
+//
+//   - reads feed it from gnet's input buffer and stop with a temporary error when that
+//     is empty: crypto/tls keeps a partial record and goes on with it next time;
+//   - writes collect its records in a pooled buffer that goes to the socket in one
+//     write call; what the socket does not take is copied out to its exact size;
+//   - plaintext is encrypted only up to the room the socket has (its send buffer less
+//     what is queued in it), so a connection waiting for a slow client holds no record
+//     and no buffer, as on a plain connection.
+//
+// The kernel here has no kTLS (see kernelTLS): every record is encrypted in userspace,
+// so a body from a file is read with pread into a pooled buffer rather than sent with
+// sendfile.
+
+// maxTLSChunk is the most plaintext encrypted per write call: four full records.
+const maxTLSChunk = 64 << 10
+
+// minTLSChunk is the least plaintext encrypted when the socket reports less room: the
+// poller woke us, so the socket takes something; the kernel's accounting is coarser
+// than our estimate.
+const minTLSChunk = 2 << 10
+
+// errWouldBlock tells crypto/tls that no more input is here yet. It is a net.Error
+// whose Temporary is true, which crypto/tls does not keep as the connection's error.
+var errWouldBlock = wouldBlock{}
+
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "server: no input yet" }
+func (wouldBlock) Timeout() bool   { return true }
+func (wouldBlock) Temporary() bool { return true }
+
+// tlsState is the TLS half of a connection on an HTTPS listener.
+type tlsState struct {
+	tc *tls.Conn
+	nc *tlsNetConn
+	// in is decrypted input not parsed yet; nil when there is none.
+	in *bytebufferpool.ByteBuffer
+	// left is ciphertext the socket did not take, at its own size; nil when none.
+	left []byte
+	eof  bool // the client closed its side (close_notify or EOF)
+	// notified: our close_notify is written (or waits in left).
+	notified bool
+
+	started bool        // the handshake goroutine runs or ran
+	done    atomic.Bool // the handshake goroutine has returned; err is its result
+	err     error
+}
+
+// tlsNetConn is the net.Conn under a tls.Conn. During the handshake it is used by the
+// handshake goroutine (reads wait for the loop to feed bytes; writes go to dupFd);
+// after it, only by the loop (reads come from gnet; writes collect in wire).
+type tlsNetConn struct {
+	gc     gnet.Conn
+	local  net.Addr
+	remote net.Addr
+
+	mu     sync.Mutex
+	cond   sync.Cond
+	feed   []byte // bytes from the loop that crypto/tls has not read yet
+	closed bool   // the connection closed: the handshake's reads fail
+	dupFd  int    // the handshake's duplicate of the socket
+
+	loop bool                       // the handshake is over; the loop owns this
+	wire *bytebufferpool.ByteBuffer // records written during one loop-side call
+}
+
+func (n *tlsNetConn) Read(p []byte) (int, error) {
+	if n.loop {
+		if len(n.feed) > 0 {
+			k := copy(p, n.feed)
+			n.feed = n.feed[k:]
+			if len(n.feed) == 0 {
+				n.feed = nil
+			}
+			return k, nil
+		}
+		k, _ := n.gc.Read(p)
+		if k == 0 {
+			return 0, errWouldBlock
+		}
+		return k, nil
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for len(n.feed) == 0 && !n.closed {
+		n.cond.Wait()
+	}
+	if len(n.feed) == 0 {
+		return 0, net.ErrClosed
+	}
+	k := copy(p, n.feed)
+	n.feed = n.feed[k:]
+	if len(n.feed) == 0 {
+		n.feed = nil
+	}
+	return k, nil
+}
+
+func (n *tlsNetConn) Write(p []byte) (int, error) {
+	if n.loop {
+		if n.wire == nil {
+			n.wire = bytebufferpool.Get()
+		}
+		n.wire.B = append(n.wire.B, p...)
+		return len(p), nil
+	}
+	// The handshake's flights: a few KiB into an empty socket, so EAGAIN is rare; wait
+	// for room with poll, bounded by the connection's close (the sweeper's deadline).
+	written := 0
+	for written < len(p) {
+		k, err := unix.Write(n.dupFd, p[written:])
+		if k > 0 {
+			written += k
+		}
+		switch {
+		case err == nil || err == unix.EINTR:
+		case err == unix.EAGAIN:
+			n.mu.Lock()
+			closed := n.closed
+			n.mu.Unlock()
+			if closed {
+				return written, net.ErrClosed
+			}
+			fds := []unix.PollFd{{Fd: int32(n.dupFd), Events: unix.POLLOUT}}
+			_, _ = unix.Poll(fds, 250)
+		default:
+			return written, err
+		}
+	}
+	return written, nil
+}
+
+// Close ends the handshake's waits; the socket itself is gnet's.
+func (n *tlsNetConn) Close() error {
+	n.mu.Lock()
+	n.closed = true
+	n.cond.Broadcast()
+	n.mu.Unlock()
+	return nil
+}
+
+func (n *tlsNetConn) LocalAddr() net.Addr              { return n.local }
+func (n *tlsNetConn) RemoteAddr() net.Addr             { return n.remote }
+func (n *tlsNetConn) SetDeadline(time.Time) error      { return nil }
+func (n *tlsNetConn) SetReadDeadline(time.Time) error  { return nil }
+func (n *tlsNetConn) SetWriteDeadline(time.Time) error { return nil }
+
+// newTLSState readies a connection of an HTTPS listener for its handshake.
+func newTLSState(gc gnet.Conn, cfg *tls.Config) *tlsState {
+	nc := &tlsNetConn{gc: gc, local: gc.LocalAddr(), remote: gc.RemoteAddr(), dupFd: -1}
+	nc.cond.L = &nc.mu
+	return &tlsState{tc: tls.Server(nc, cfg), nc: nc}
+}
+
+// handshake runs the connection's handshake phase on the loop: it starts the
+// handshake goroutine on the first bytes, hands it what arrives, and once it is done
+// moves the connection to reading requests. done says the connection may go on.
+func (c *conn) handshake() (act gnet.Action, done bool) {
+	t := c.tls
+	if t.done.Load() {
+		if t.err != nil {
+			c.srv.metrics.handshakes.WithLabelValues("failed").Inc()
+			return gnet.Close, false
+		}
+		c.srv.metrics.handshakes.WithLabelValues("ok").Inc()
+		if t.tc.ConnectionState().NegotiatedProtocol == "acme-tls/1" {
+			return gnet.Close, false // an ACME CA's validation: it needs the certificate only
+		}
+		t.nc.mu.Lock()
+		t.nc.loop = true
+		t.nc.mu.Unlock()
+		c.phase = phaseRead
+		c.setDeadline(c.srv.cfg.IdleTimeout)
+		return gnet.None, true
+	}
+	buf, _ := c.gc.Peek(-1)
+	if len(buf) == 0 {
+		return gnet.None, false
+	}
+	if !t.started {
+		if buf[0] != 0x16 { // not a TLS handshake record
+			if buf[0] >= 'A' && buf[0] <= 'Z' {
+				// Plain HTTP sent to the HTTPS port: say so in plain HTTP, then close.
+				c.tls = nil
+				c.phase = phaseRead
+				c.keepAlive = false
+				c.text(400, "this port speaks HTTPS: use an https:// address", "")
+				return c.linger(), false
+			}
+			return gnet.Close, false
+		}
+		fd, err := unix.FcntlInt(uintptr(c.gc.Fd()), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			c.srv.cfg.Logf("server: dup for a TLS handshake: %v", err)
+			return gnet.Close, false
+		}
+		t.started = true
+		t.nc.dupFd = fd
+		go func() {
+			err := t.tc.Handshake()
+			unix.Close(fd)
+			t.err = err
+			t.done.Store(true)
+			c.wake()
+		}()
+	}
+	t.nc.mu.Lock()
+	over := len(t.nc.feed)+len(buf) > maxInbound
+	if !over {
+		t.nc.feed = append(t.nc.feed, buf...)
+		t.nc.cond.Signal()
+	}
+	t.nc.mu.Unlock()
+	if over {
+		return gnet.Close, false
+	}
+	_, _ = c.gc.Discard(len(buf))
+	return gnet.None, false
+}
+
+// tlsInbound decrypts what has arrived and returns the plaintext not parsed yet.
+func (c *conn) tlsInbound() []byte {
+	t := c.tls
+	for !t.eof && (t.in == nil || len(t.in.B) < maxInbound) {
+		if t.in == nil {
+			t.in = bytebufferpool.Get()
+		}
+		b := t.in.B
+		if cap(b)-len(b) < 4<<10 {
+			b = append(b, make([]byte, 4<<10)...)[:len(b)]
+		}
+		k, err := t.tc.Read(b[len(b):cap(b)])
+		t.in.B = b[:len(b)+k]
+		if err == errWouldBlock {
+			break
+		}
+		if err != nil {
+			// close_notify or EOF: the client sends no more. Anything else is a bad
+			// record, and crypto/tls has queued the alert that says so: close.
+			t.eof = true
+			if err != io.EOF {
+				c.failed = true
+			}
+		}
+	}
+	c.tlsSendWire() // a KeyUpdate's answer, an alert
+	if t.in != nil && len(t.in.B) == 0 {
+		bytebufferpool.Put(t.in)
+		t.in = nil
+	}
+	if t.in == nil {
+		return nil
+	}
+	return t.in.B
+}
+
+// tlsConsume drops n parsed bytes of plaintext.
+func (c *conn) tlsConsume(n int) {
+	t := c.tls
+	if t.in == nil {
+		return
+	}
+	if n >= len(t.in.B) {
+		bytebufferpool.Put(t.in)
+		t.in = nil
+		return
+	}
+	t.in.B = t.in.B[:copy(t.in.B, t.in.B[n:])]
+}
+
+// tlsRoom is how much plaintext to encrypt now: what the socket has room for, by its
+// send buffer and the bytes queued in it, within [minTLSChunk, maxTLSChunk].
+func (c *conn) tlsRoom() int {
+	fd := c.gc.Fd()
+	queued, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return minTLSChunk
+	}
+	sndbuf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
+	if err != nil {
+		return minTLSChunk
+	}
+	// The kernel counts its own overhead against the buffer too: leave an eighth.
+	room := sndbuf - queued - queued/8 - sndbuf/8
+	return max(min(room, maxTLSChunk), minTLSChunk)
+}
+
+// tlsWrite encrypts up to the socket's room of a then b and writes the records: the
+// TLS side of emit and flush. It returns the plaintext bytes taken (their records are
+// out, or kept in c.tls.left) and unix.EAGAIN when it took none.
+func (c *conn) tlsWrite(a, b []byte) (int, error) {
+	t := c.tls
+	if len(t.left) > 0 {
+		return 0, unix.EAGAIN // the records before go first: flush sends them
+	}
+	room := c.tlsRoom()
+	a = a[:min(len(a), room)]
+	b = b[:min(len(b), room-len(a))]
+	var err error
+	if len(a) > 0 && len(b) > 0 && len(a)+len(b) <= maxTLSChunk {
+		// One record for a head and a small body, not two.
+		buf := bytebufferpool.Get()
+		buf.B = append(append(buf.B, a...), b...)
+		_, err = t.tc.Write(buf.B)
+		bytebufferpool.Put(buf)
+	} else {
+		if len(a) > 0 {
+			_, err = t.tc.Write(a)
+		}
+		if err == nil && len(b) > 0 {
+			_, err = t.tc.Write(b)
+		}
+	}
+	if err != nil {
+		c.dropWire()
+		return 0, err
+	}
+	if err := c.tlsSendWire(); err != nil {
+		return 0, err
+	}
+	return len(a) + len(b), nil
+}
+
+// tlsSendFile sends n bytes of the data file from off: pread into a pooled buffer,
+// encrypt, write. Like copyOut, bytes the socket has no room for are read again
+// later rather than held.
+func (c *conn) tlsSendFile(off int64, n int) (int, error) {
+	if len(c.tls.left) > 0 {
+		return 0, unix.EAGAIN
+	}
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	r, err := unix.Pread(c.fd, (*bp)[:min(n, c.tlsRoom(), len(*bp))], off)
+	if r <= 0 {
+		if err == nil {
+			return 0, nil // shorter than its metadata: send reports it
+		}
+		return 0, err
+	}
+	if _, err := c.tls.tc.Write((*bp)[:r]); err != nil {
+		c.dropWire()
+		return 0, err
+	}
+	if err := c.tlsSendWire(); err != nil {
+		return 0, err
+	}
+	return r, nil
+}
+
+// tlsSendWire writes the records crypto/tls just made; what the socket does not take
+// waits in c.tls.left, copied to its own size so that no pooled buffer waits with it.
+func (c *conn) tlsSendWire() error {
+	nc := c.tls.nc
+	if nc.wire == nil {
+		return nil
+	}
+	wire := nc.wire
+	nc.wire = nil
+	defer bytebufferpool.Put(wire)
+	b := wire.B
+	for len(b) > 0 {
+		k, err := unix.Write(c.gc.Fd(), b)
+		if k > 0 {
+			b = b[k:]
+		}
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+		case err != nil:
+			c.failed = true
+			return err
+		}
+		if err == unix.EAGAIN {
+			break
+		}
+	}
+	if len(b) > 0 {
+		c.tls.left = append([]byte(nil), b...)
+		c.notePending()
+	}
+	return nil
+}
+
+// tlsFlushLeft writes ciphertext the socket did not take before: nil once it is out.
+func (c *conn) tlsFlushLeft() error {
+	t := c.tls
+	for len(t.left) > 0 {
+		k, err := unix.Write(c.gc.Fd(), t.left)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			if err != unix.EAGAIN {
+				c.failed = true
+			}
+			return err
+		}
+		t.left = t.left[k:]
+		if k > 0 {
+			c.setDeadline(c.srv.cfg.Timeout)
+		}
+	}
+	t.left = nil
+	return nil
+}
+
+func (c *conn) dropWire() {
+	if nc := c.tls.nc; nc.wire != nil {
+		bytebufferpool.Put(nc.wire)
+		nc.wire = nil
+	}
+}
+
+// tlsCloseWrite sends close_notify (into c.tls.left if the socket is full).
+func (c *conn) tlsCloseWrite() {
+	if c.tls.tc.CloseWrite() == nil {
+		_ = c.tlsSendWire()
+	} else {
+		c.dropWire()
+	}
+}
+
+// tlsClose frees a connection's TLS state when gnet closes it.
+func (c *conn) tlsClose() {
+	t := c.tls
+	if !t.done.Load() {
+		t.nc.Close() // a handshake still running fails and its goroutine ends
+		return
+	}
+	if t.in != nil {
+		bytebufferpool.Put(t.in)
+		t.in = nil
+	}
+	c.dropWire()
+	t.left = nil
+}
+
+// kernelTLS says whether this kernel can encrypt TLS records itself (kTLS), which
+// would let sendfile serve HTTPS. The server does not use it yet; it says so at start.
+func kernelTLS() bool {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_available_ulp")
+	return err == nil && strings.Contains(string(b), "tls")
+}
