@@ -22,9 +22,11 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/crypto/acme"
 	"golang.org/x/sys/unix"
 
 	"github.com/modoffload/offload/cache"
+	"github.com/modoffload/offload/certs"
 	"github.com/modoffload/offload/limiter"
 	"github.com/modoffload/offload/server"
 )
@@ -53,6 +55,20 @@ type serveConfig struct {
 	// no-cache mode); DocRootFollow lets its symlinks point outside it.
 	DocRoot       string
 	DocRootFollow bool
+	// TLSListen are the HTTPS addresses. Their certificates come from the pairs
+	// TLSCert[i], TLSKey[i] and/or from an ACME CA for ACMEDomain; ACMEDir keeps the
+	// ACME account and certificates (default: acmeDirFor(Cache)).
+	TLSListen  []string
+	TLSCert    []string
+	TLSKey     []string
+	ACMEDomain []string
+	ACMEEmail  string
+	ACMECA     string
+	ACMEDir    string
+	ACMECARoot string
+	// certs is what the settings above load, at parse time so that a bad file is a
+	// bad setting (exit 2); nil without HTTPS.
+	certs *certs.Store
 }
 
 // listFlag is a repeatable string flag.
@@ -165,6 +181,14 @@ func parseServeConfig(args []string, stderr io.Writer) (*serveConfig, error) {
 	fset.StringVar(&cfg.DocRoot, "docroot", "", "serve files from this local copy of the base's web space when the base's HEAD says it is current")
 	fset.BoolVar(&cfg.DocRootFollow, "docroot-follow-symlinks", false, "let symlinks in --docroot point outside it")
 	fset.IntVar(&cfg.DiskWorkers, "disk-workers", 16, "threads that read file pages not in memory, so no event loop waits for the disk (0: the loops read)")
+	fset.Var(&listFlag{vals: &cfg.TLSListen}, "tls-listen", "address to serve HTTPS on, repeatable (needs --tls-cert and --tls-key, or --acme-domain)")
+	fset.Var(&listFlag{vals: &cfg.TLSCert}, "tls-cert", "certificate file (PEM, leaf first), repeatable; paired in order with --tls-key; chosen by SNI, the first is the default")
+	fset.Var(&listFlag{vals: &cfg.TLSKey}, "tls-key", "private key file of the --tls-cert in the same place, repeatable")
+	fset.Var(&listFlag{vals: &cfg.ACMEDomain}, "acme-domain", "obtain a certificate for this name from the ACME CA, repeatable")
+	fset.StringVar(&cfg.ACMEEmail, "acme-email", "", "contact address registered with the ACME CA")
+	fset.StringVar(&cfg.ACMECA, "acme-ca", "", "ACME directory URL (default Let's Encrypt's, "+acme.LetsEncryptURL+")")
+	fset.StringVar(&cfg.ACMEDir, "acme-dir", "", "folder for the ACME account key and certificates (default: the --cache folder's name + \"-acme\")")
+	fset.StringVar(&cfg.ACMECARoot, "acme-ca-root", "", "PEM file of extra roots to trust when talking to the ACME CA (a private or test CA)")
 	fset.StringVar(&configFile, "config", "", "file of name = value lines with the same settings")
 	if err := fset.Parse(args); err != nil {
 		return nil, err
@@ -179,7 +203,36 @@ func parseServeConfig(args []string, stderr io.Writer) (*serveConfig, error) {
 			return nil, err
 		}
 	}
-	return cfg, cfg.check()
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	return cfg, cfg.loadCerts()
+}
+
+// loadCerts loads and checks the HTTPS certificates the settings name.
+func (c *serveConfig) loadCerts() error {
+	if len(c.TLSListen) == 0 {
+		return nil
+	}
+	if len(c.ACMEDomain) > 0 && c.ACMEDir == "" {
+		c.ACMEDir = acmeDirFor(c.Cache)
+	}
+	pairs := make([]certs.Pair, len(c.TLSCert))
+	for i := range c.TLSCert {
+		pairs[i] = certs.Pair{Cert: c.TLSCert[i], Key: c.TLSKey[i]}
+	}
+	var err error
+	c.certs, err = certs.New(certs.Config{Pairs: pairs, ACMEDomains: c.ACMEDomain, ACMEEmail: c.ACMEEmail,
+		ACMECA: c.ACMECA, ACMEDir: c.ACMEDir, ACMECARoots: c.ACMECARoot})
+	return err
+}
+
+// acmeDirFor is the default ACME folder: beside the cache folder, not in it, because
+// the cache's start-up scan removes every file in its folder that is not a cache
+// entry, and because a certificate is not cache: one lost is one more issuance, and
+// CAs limit those.
+func acmeDirFor(cacheDir string) string {
+	return filepath.Clean(cacheDir) + "-acme"
 }
 
 // readConfigFile applies `name = value` lines to the flags not set on the command line.
@@ -244,6 +297,24 @@ func (c *serveConfig) check() error {
 			return fmt.Errorf("--listen %q: want [host]:port", l)
 		}
 	}
+	for _, l := range c.TLSListen {
+		if _, _, err := net.SplitHostPort(l); err != nil {
+			return fmt.Errorf("--tls-listen %q: want [host]:port", l)
+		}
+	}
+	if len(c.TLSCert) != len(c.TLSKey) {
+		return fmt.Errorf("--tls-cert and --tls-key come in pairs: %d certificates, %d keys", len(c.TLSCert), len(c.TLSKey))
+	}
+	certSource := len(c.TLSCert) > 0 || len(c.ACMEDomain) > 0
+	if len(c.TLSListen) > 0 && !certSource {
+		return errors.New("--tls-listen needs certificates: --tls-cert and --tls-key, or --acme-domain")
+	}
+	if certSource && len(c.TLSListen) == 0 {
+		return errors.New("--tls-cert and --acme-domain need --tls-listen (the HTTPS address)")
+	}
+	if len(c.ACMEDomain) == 0 && (c.ACMEEmail != "" || c.ACMECA != "" || c.ACMEDir != "" || c.ACMECARoot != "") {
+		return errors.New("--acme-email, --acme-ca, --acme-dir and --acme-ca-root need --acme-domain")
+	}
 	if c.DocRoot != "" {
 		if st, err := os.Stat(c.DocRoot); err != nil || !st.IsDir() {
 			return fmt.Errorf("--docroot %q: not a folder", c.DocRoot)
@@ -305,19 +376,33 @@ func serve(cfg *serveConfig, logger *log.Logger, started func(*server.Server)) e
 			return err
 		}
 	}
+	if cfg.certs != nil && cfg.certs.ACME() {
+		// Made now, while the daemon may still be root, so that the user it drops to
+		// (privilegeDrop hands it over) can write the certificates it obtains later.
+		if err := os.MkdirAll(cfg.ACMEDir, 0o700); err != nil {
+			return fmt.Errorf("--acme-dir: %w", err)
+		}
+	}
 	var drop func() error
 	if cfg.User != "" {
 		if drop, err = privilegeDrop(cfg); err != nil {
 			return err
 		}
 	}
-	srv, err := server.New(server.Config{
+	scfg := server.Config{
 		Listen: cfg.Listen, Cache: c, AccessLog: alog, Timeout: cfg.Timeout, Loops: cfg.Loops, OnBoot: drop,
 		DiskWorkers: diskWorkers(cfg.DiskWorkers),
 		Limiter: limiter.New(limiter.Config{MaxDupes: cfg.MaxDupes, MaxConnsPerIP: cfg.MaxConnsPerIP,
 			MaxConns: cfg.MaxConns, Trusted: cfg.TrustedProxy}),
 		Logf: logger.Printf,
-	})
+	}
+	if cfg.certs != nil {
+		scfg.TLSListen, scfg.TLS = cfg.TLSListen, cfg.certs.TLSConfig()
+		if cfg.certs.ACME() {
+			scfg.ACMEChallenge = cfg.certs.ACMEChallenge
+		}
+	}
+	srv, err := server.New(scfg)
 	if err != nil {
 		return err
 	}
@@ -338,6 +423,10 @@ func serve(cfg *serveConfig, logger *log.Logger, started func(*server.Server)) e
 		if a := srv.Addr(); a != nil {
 			logger.Printf("offloading %s on %s (cache %s, bound %d bytes)", cfg.Base, a, cfg.Cache, c.MaxBytes())
 		}
+		if len(cfg.TLSListen) > 0 {
+			logger.Printf("HTTPS on %s: %d certificate files, ACME for %v (folder %s)", strings.Join(cfg.TLSListen, ", "),
+				len(cfg.TLSCert), cfg.ACMEDomain, cfg.ACMEDir)
+		}
 		if started != nil {
 			started(srv)
 		}
@@ -346,6 +435,13 @@ func serve(cfg *serveConfig, logger *log.Logger, started func(*server.Server)) e
 				if alog != nil {
 					if err := alog.Reopen(); err != nil {
 						logger.Print(err)
+					}
+				}
+				if len(cfg.TLSCert) > 0 {
+					if err := cfg.certs.Reload(); err != nil {
+						logger.Printf("SIGHUP: %v (still serving the certificates loaded before)", err)
+					} else {
+						logger.Printf("SIGHUP: reloaded %d certificates", len(cfg.TLSCert))
 					}
 				}
 				continue
@@ -388,6 +484,17 @@ func privilegeDrop(cfg *serveConfig) (func() error, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("--user: chown %s: %w", cfg.Cache, err)
+	}
+	if cfg.certs != nil && cfg.certs.ACME() {
+		err = filepath.WalkDir(cfg.ACMEDir, func(p string, _ fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Lchown(p, uid, gid)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("--user: chown %s: %w", cfg.ACMEDir, err)
+		}
 	}
 	if cfg.AccessLog != "" && cfg.AccessLog != "-" {
 		_ = os.Chown(cfg.AccessLog, uid, gid)
