@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -17,7 +19,7 @@ import (
 func runBench(args []string) int {
 	fset := flag.NewFlagSet("offload bench", flag.ContinueOnError)
 	fset.Usage = func() {
-		fmt.Fprintln(fset.Output(), "usage: offload bench [-c CONNS] [-n REQUESTS | -d DURATION] [--rate BYTES/s] [--range] [--keepalive] [--verify] [--pid PID] [--drop-cache DIR]... [--probe URL] [--json] URL...")
+		fmt.Fprintln(fset.Output(), "usage: offload bench [-c CONNS] [-n REQUESTS | -d DURATION] [--rate BYTES/s] [--range] [--keepalive] [--verify] [--pid PID] [--drop-cache DIR]... [--probe URL] [--cacert FILE | --insecure] [--json] URL...")
 		fset.PrintDefaults()
 	}
 	var cfg bench.Config
@@ -35,6 +37,10 @@ func runBench(args []string) int {
 	fset.Var(&listFlag{vals: &cfg.DropCache}, "drop-cache", "evict the files under this folder from the page cache before the run (repeatable): a cold-disk run")
 	fset.StringVar(&cfg.Probe, "probe", "", "a hot URL to ask for in a loop during the run, to measure its latency")
 	fset.IntVar(&cfg.ProbeConns, "probe-conns", 2, "keep-alive connections of the --probe")
+	var caFile string
+	var insecure bool
+	fset.StringVar(&caFile, "cacert", "", "PEM file of the CA certificates to trust for https:// URLs (default: the system's)")
+	fset.BoolVar(&insecure, "insecure", false, "https:// URLs: do not verify the server's certificate")
 	if err := fset.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -42,6 +48,21 @@ func runBench(args []string) int {
 		return 2
 	}
 	cfg.URLs, cfg.Rate = fset.Args(), rate
+	if caFile != "" || insecure {
+		cfg.TLS = &tls.Config{InsecureSkipVerify: insecure}
+		if caFile != "" {
+			pem, err := os.ReadFile(caFile)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "offload bench: --cacert: %v\n", err)
+				return 2
+			}
+			cfg.TLS.RootCAs = x509.NewCertPool()
+			if !cfg.TLS.RootCAs.AppendCertsFromPEM(pem) {
+				fmt.Fprintf(os.Stderr, "offload bench: --cacert %s: no PEM certificates in it\n", caFile)
+				return 2
+			}
+		}
+	}
 	if len(cfg.URLs) == 0 {
 		fset.Usage()
 		return 2

@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -45,6 +46,9 @@ type Config struct {
 	// work stalls the server.
 	Probe      string
 	ProbeConns int
+	// TLS is the client configuration for https:// URLs (trusted roots, or
+	// InsecureSkipVerify); nil: the system's roots.
+	TLS *tls.Config
 }
 
 // Result is what a run measured.
@@ -113,8 +117,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		if u == cfg.Probe && u == "" {
 			continue
 		}
-		if pu, err := url.Parse(u); err != nil || pu.Scheme != "http" || pu.Host == "" {
-			return nil, fmt.Errorf("bench: %q: want http://host[:port]/path", u)
+		if pu, err := url.Parse(u); err != nil || pu.Scheme != "http" && pu.Scheme != "https" || pu.Host == "" {
+			return nil, fmt.Errorf("bench: %q: want http[s]://host[:port]/path", u)
 		}
 	}
 	dropped, err := DropPageCache(cfg.DropCache)
@@ -243,13 +247,13 @@ func (r *run) worker(ctx context.Context, id int, dials chan struct{}) {
 		target := r.cfg.URLs[i%len(r.cfg.URLs)]
 		for hops := 0; hops < 5; hops++ {
 			u, _ := url.Parse(target)
-			if c == nil || c.host != u.Host || !r.cfg.KeepAlive {
+			if c == nil || c.host != u.Scheme+"://"+u.Host || !r.cfg.KeepAlive {
 				if c != nil {
 					c.close(r)
 					c = nil
 				}
 				var err error
-				if c, err = r.dial(ctx, u.Host, dials); err != nil {
+				if c, err = r.dial(ctx, u, dials); err != nil {
 					if r.over(ctx) {
 						return // a dial cut by the end of the run is no error
 					}
@@ -294,26 +298,41 @@ func (c *clientConn) close(r *run) {
 	r.open.Add(-1)
 }
 
-func (r *run) dial(ctx context.Context, host string, dials chan struct{}) (*clientConn, error) {
+func (r *run) dial(ctx context.Context, u *url.URL, dials chan struct{}) (*clientConn, error) {
 	select {
 	case dials <- struct{}{}:
 	case <-ctx.Done():
 		return nil, errStopped
 	}
 	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", host)
+	nc, err := d.DialContext(ctx, "tcp", u.Host)
+	if err == nil && r.cfg.Rate > 0 {
+		// A small receive window, as a slow link's would be, so the rate holds.
+		nc.(*net.TCPConn).SetReadBuffer(16 << 10)
+	}
+	if err == nil && u.Scheme == "https" {
+		cfg := &tls.Config{}
+		if r.cfg.TLS != nil {
+			cfg = r.cfg.TLS.Clone()
+		}
+		if cfg.ServerName == "" {
+			cfg.ServerName = u.Hostname()
+		}
+		cfg.NextProtos = []string{"http/1.1"}
+		tc := tls.Client(nc, cfg)
+		if err = tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+		}
+		nc = tc
+	}
 	<-dials
 	if err != nil {
 		return nil, err
 	}
-	if r.cfg.Rate > 0 {
-		// A small receive window, as a slow link's would be, so the rate holds.
-		nc.(*net.TCPConn).SetReadBuffer(16 << 10)
-	}
 	if n := r.open.Add(1); n > r.peak.Load() {
 		r.peak.Store(n) // racy max: good enough for a peak gauge
 	}
-	return &clientConn{host: host, nc: nc, br: bufio.NewReaderSize(nc, 16<<10)}, nil
+	return &clientConn{host: u.Scheme + "://" + u.Host, nc: nc, br: bufio.NewReaderSize(nc, 16<<10)}, nil
 }
 
 // request sends one request on c and reads the response; it returns the Location of a

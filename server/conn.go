@@ -56,6 +56,10 @@ const lingerTime = 5 * time.Second
 type result struct {
 	h   *cache.Handle
 	err error
+	// An ACME HTTP-01 challenge's answer instead of a cache handle: the key
+	// authorization, nil for "no such challenge".
+	acme    bool
+	keyAuth []byte
 }
 
 // errBlocked means the socket is full: the write poller wakes the connection later.
@@ -365,6 +369,10 @@ func (c *conn) begin(raw []byte) {
 	case r.HasQuery:
 		c.text(403, "query strings are not served by this offload server", "")
 		return
+	case c.srv.cfg.ACMEChallenge != nil && bytes.HasPrefix(r.Path, acmePrefix):
+		c.wait(raw)
+		go c.challenge(c.cancelCtx(), string(r.Path[len(acmePrefix):]))
+		return
 	}
 	if !c.head {
 		slot, ok := c.srv.cfg.Limiter.StartDownload(c.client, string(r.Path))
@@ -380,15 +388,40 @@ func (c *conn) begin(raw []byte) {
 		return
 	}
 	// Ask the base off the loop; the head is kept to evaluate Range and If-* later.
+	c.wait(raw)
+	from, end := wantRange(r)
+	go c.fetch(c.cancelCtx(), string(r.Path), c.head, from, end)
+}
+
+// acmePrefix is where an ACME CA looks for its HTTP-01 challenges.
+var acmePrefix = []byte("/.well-known/acme-challenge/")
+
+// wait keeps the request head raw and waits for an answer made off the loop, which
+// comes back through c.pending and onResult.
+func (c *conn) wait(raw []byte) {
 	c.held = bytebufferpool.Get()
 	c.held.B = append(c.held.B, raw...)
 	c.phase = phaseWait
 	c.srv.metrics.inflight.Add(1) // a drain waits for this answer too
 	c.setDeadline(0)              // the cache's own timeouts bound the wait
+}
+
+// cancelCtx is the context of the work done off the loop for this request: cancelled
+// if the connection closes first.
+func (c *conn) cancelCtx() context.Context {
 	ctx, cancel := context.WithCancel(cache.WithClient(context.Background(), c.client))
 	c.cancel = cancel
-	from, end := wantRange(r)
-	go c.fetch(ctx, string(r.Path), c.head, from, end)
+	return ctx
+}
+
+// challenge asks the ACME client for a challenge's answer, off the loop (it may read
+// its cache from the disk).
+func (c *conn) challenge(ctx context.Context, token string) {
+	keyAuth, ok := c.srv.cfg.ACMEChallenge(ctx, token)
+	if !ok {
+		keyAuth = nil
+	}
+	c.deliver(&result{acme: true, keyAuth: keyAuth})
 }
 
 // wantRange is the one range of a single "bytes=N-" or "bytes=N-M" range without
@@ -420,7 +453,12 @@ func (c *conn) fetch(ctx context.Context, path string, head bool, from, end int6
 	} else {
 		h, err = c.srv.cfg.Cache.GetFrom(ctx, path, from, end)
 	}
-	c.pending.Store(&result{h: h, err: err})
+	c.deliver(&result{h: h, err: err})
+}
+
+// deliver hands an answer made off the loop to the connection's loop.
+func (c *conn) deliver(r *result) {
+	c.pending.Store(r)
 	if c.closed.Load() {
 		// OnClose may have run before the Store: whoever swaps the result out frees it.
 		if r := c.pending.Swap(nil); r != nil && r.h != nil {
@@ -466,6 +504,14 @@ func (c *conn) resume(r *result) {
 		return
 	}
 	c.phase = phaseRead
+	if r.acme {
+		if r.keyAuth == nil {
+			c.text(404, "no such ACME challenge", "")
+		} else {
+			c.writeSmall(200, "application/octet-stream", string(r.keyAuth))
+		}
+		return
+	}
 	if r.err != nil {
 		var ce *cache.Error
 		if errors.As(r.err, &ce) {

@@ -1,6 +1,11 @@
 package server
 
 import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -8,6 +13,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"github.com/modoffload/offload/cache"
+	"github.com/modoffload/offload/limiter"
 	"math/big"
 	"net"
 	"net/http"
@@ -124,4 +131,59 @@ func tcpOf(conn net.Conn) *net.TCPConn {
 		return tc.NetConn().(*net.TCPConn)
 	}
 	return conn.(*net.TCPConn)
+}
+
+// TestACMEChallengeAnswered: an ACME CA's HTTP-01 request is answered from
+// Config.ACMEChallenge, off the loop, before any limiter or cache.
+func TestACMEChallengeAnswered(t *testing.T) {
+	b := newBase(t)
+	s := start(t, b, func(c *Config, _ *limiter.Config, _ *cache.Config) {
+		c.ACMEChallenge = func(_ context.Context, token string) ([]byte, bool) {
+			if token == "tok-1" {
+				return []byte("tok-1.thumbprint"), true
+			}
+			return nil, false
+		}
+	})
+	resp, body := httpGet(t, s.url+"/.well-known/acme-challenge/tok-1")
+	if resp.StatusCode != 200 || string(body) != "tok-1.thumbprint" {
+		t.Fatalf("challenge: %d %q", resp.StatusCode, body)
+	}
+	resp, _ = httpGet(t, s.url+"/.well-known/acme-challenge/other")
+	if resp.StatusCode != 404 {
+		t.Fatalf("unknown challenge: %d", resp.StatusCode)
+	}
+	if b.gets.Load()+b.heads.Load() != 0 {
+		t.Errorf("the base was asked %d times for challenges", b.gets.Load()+b.heads.Load())
+	}
+}
+
+// TestPlainHTTPToTLSPort: a plain request on the HTTPS port gets a clear 400 in plain
+// HTTP, and the connection ends; garbage that is neither gets closed.
+func TestPlainHTTPToTLSPort(t *testing.T) {
+	b := newBase(t)
+	tlsMode = true
+	s := start(t, b, nil)
+	tlsMode = false
+	conn, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+	all, err := io.ReadAll(conn)
+	if err != nil || !strings.HasPrefix(string(all), "HTTP/1.1 400 ") || !strings.Contains(string(all), "HTTPS") {
+		t.Fatalf("plain request to the TLS port: %v %q", err, all)
+	}
+	conn2, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn2.Close()
+	conn2.SetDeadline(time.Now().Add(10 * time.Second))
+	conn2.Write([]byte{0x01, 0x02, 0x03, 0x04, 0x05})
+	if all, err := io.ReadAll(conn2); err != nil || len(all) != 0 {
+		t.Fatalf("garbage to the TLS port: %v %q", err, all)
+	}
 }
