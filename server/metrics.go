@@ -2,6 +2,7 @@ package server
 
 import (
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"sync/atomic"
 
@@ -119,10 +120,14 @@ func (m *metrics) request(status int, sent int64, tls bool) {
 	}
 }
 
-// AdminHandler serves /metrics for Prometheus and /healthz.
+// AdminHandler serves /metrics for Prometheus, /healthz, and Go's profiles under /debug/pprof/.
 func (s *Server) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	// Go's profiles, for an operator measuring memory or CPU on their own host (the
+	// admin listener is meant for loopback or a private network).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		if s.draining.Load() {
 			http.Error(w, "draining", http.StatusServiceUnavailable)

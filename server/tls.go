@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/panjf2000/gnet/v2"
 	"github.com/valyala/bytebufferpool"
@@ -39,10 +40,16 @@ import (
 // maxTLSChunk is the most plaintext encrypted per write call: four full records.
 const maxTLSChunk = 64 << 10
 
-// minTLSChunk is the least plaintext encrypted when the socket reports less room: the
-// poller woke us, so the socket takes something; the kernel's accounting is coarser
-// than our estimate.
+// minTLSChunk is the plaintext encrypted when the socket's room cannot be read.
 const minTLSChunk = 2 << 10
+
+// Pools of their own for records on their way out and decrypted input, so that their
+// sizes do not skew the shared pool's calibration for response heads (whose Put drops
+// buffers larger than what most callers use).
+var (
+	wirePool  bytebufferpool.Pool
+	inputPool bytebufferpool.Pool
+)
 
 // errWouldBlock tells crypto/tls that no more input is here yet. It is a net.Error
 // whose Temporary is true, which crypto/tls does not keep as the connection's error.
@@ -65,6 +72,11 @@ type tlsState struct {
 	eof  bool // the client closed its side (close_notify or EOF)
 	// notified: our close_notify is written (or waits in left).
 	notified bool
+	// chunk caps the plaintext encrypted at once (0: maxTLSChunk). When the socket
+	// takes less than its room said (the kernel under memory pressure, with many slow
+	// clients), it drops to what the socket took, so that what waits in left stays
+	// small; it doubles back with every write taken whole.
+	chunk int
 
 	started bool        // the handshake goroutine runs or ran
 	done    atomic.Bool // the handshake goroutine has returned; err is its result
@@ -124,7 +136,7 @@ func (n *tlsNetConn) Read(p []byte) (int, error) {
 func (n *tlsNetConn) Write(p []byte) (int, error) {
 	if n.loop {
 		if n.wire == nil {
-			n.wire = bytebufferpool.Get()
+			n.wire = wirePool.Get()
 		}
 		n.wire.B = append(n.wire.B, p...)
 		return len(p), nil
@@ -172,6 +184,7 @@ func (n *tlsNetConn) SetWriteDeadline(time.Time) error { return nil }
 
 // newTLSState readies a connection of an HTTPS listener for its handshake.
 func newTLSState(gc gnet.Conn, cfg *tls.Config) *tlsState {
+	_ = unix.SetsockoptInt(gc.Fd(), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, notSentLowat)
 	nc := &tlsNetConn{gc: gc, local: gc.LocalAddr(), remote: gc.RemoteAddr(), dupFd: -1}
 	nc.cond.L = &nc.mu
 	return &tlsState{tc: tls.Server(nc, cfg), nc: nc}
@@ -248,7 +261,7 @@ func (c *conn) tlsInbound() []byte {
 	t := c.tls
 	for !t.eof && (t.in == nil || len(t.in.B) < maxInbound) {
 		if t.in == nil {
-			t.in = bytebufferpool.Get()
+			t.in = inputPool.Get()
 		}
 		b := t.in.B
 		if cap(b)-len(b) < 4<<10 {
@@ -270,7 +283,7 @@ func (c *conn) tlsInbound() []byte {
 	}
 	c.tlsSendWire() // a KeyUpdate's answer, an alert
 	if t.in != nil && len(t.in.B) == 0 {
-		bytebufferpool.Put(t.in)
+		inputPool.Put(t.in)
 		t.in = nil
 	}
 	if t.in == nil {
@@ -286,29 +299,47 @@ func (c *conn) tlsConsume(n int) {
 		return
 	}
 	if n >= len(t.in.B) {
-		bytebufferpool.Put(t.in)
+		inputPool.Put(t.in)
 		t.in = nil
 		return
 	}
 	t.in.B = t.in.B[:copy(t.in.B, t.in.B[n:])]
 }
 
-// tlsRoom is how much plaintext to encrypt now: what the socket has room for, by its
-// send buffer and the bytes queued in it, within [minTLSChunk, maxTLSChunk].
+// tlsRoom is how much plaintext to encrypt now: what the socket will take, by the
+// kernel's own test (a write is taken while the bytes queued, with their overhead,
+// are under the send buffer: SO_MEMINFO gives both), less an eighth for the records'
+// overhead, at most maxTLSChunk. The queue's byte count (SIOCOUTQ) is no guide: under
+// many slow clients it runs past the send buffer, which the kernel shrinks under
+// memory pressure, and records encrypted by it would wait in memory.
 func (c *conn) tlsRoom() int {
-	fd := c.gc.Fd()
-	queued, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
-	if err != nil {
+	var info [unix.SK_MEMINFO_VARS]uint32
+	size := uint32(len(info) * 4)
+	_, _, errno := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(c.gc.Fd()), unix.SOL_SOCKET, soMeminfo,
+		uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&size)), 0)
+	if errno != 0 {
 		return minTLSChunk
 	}
-	sndbuf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
-	if err != nil {
-		return minTLSChunk
+	room := int(info[unix.SK_MEMINFO_SNDBUF]) - int(info[unix.SK_MEMINFO_WMEM_QUEUED])
+	if unsent, err := unix.IoctlGetInt(c.gc.Fd(), unix.SIOCOUTQNSD); err == nil {
+		room = min(room, notSentLowat-unsent)
 	}
-	// The kernel counts its own overhead against the buffer too: leave an eighth.
-	room := sndbuf - queued - queued/8 - sndbuf/8
-	return max(min(room, maxTLSChunk), minTLSChunk)
+	if c.tls.chunk > 0 {
+		room = min(room, c.tls.chunk)
+	}
+	return min(room-room/8, maxTLSChunk)
 }
+
+// notSentLowat caps the bytes an HTTPS socket holds that the network has not taken
+// yet (TCP_NOTSENT_LOWAT): beyond what is in flight, a slow client's records wait as
+// file bytes, not as kernel memory. Without it the kernel lets send buffers of slow
+// clients grow to megabytes, reaches its TCP memory limit with a few thousand of
+// them, and then takes less than a socket's own room says: the records it refuses
+// would wait in our memory instead.
+const notSentLowat = 256 << 10
+
+// soMeminfo is SO_MEMINFO (asm-generic/socket.h), which x/sys does not name.
+const soMeminfo = 55
 
 // tlsWrite encrypts up to the socket's room of a then b and writes the records: the
 // TLS side of emit and flush. It returns the plaintext bytes taken (their records are
@@ -319,6 +350,9 @@ func (c *conn) tlsWrite(a, b []byte) (int, error) {
 		return 0, unix.EAGAIN // the records before go first: flush sends them
 	}
 	room := c.tlsRoom()
+	if room <= 0 {
+		return 0, unix.EAGAIN
+	}
 	a = a[:min(len(a), room)]
 	b = b[:min(len(b), room-len(a))]
 	var err error
@@ -353,9 +387,13 @@ func (c *conn) tlsSendFile(off int64, n int) (int, error) {
 	if len(c.tls.left) > 0 {
 		return 0, unix.EAGAIN
 	}
+	room := c.tlsRoom()
+	if room <= 0 {
+		return 0, unix.EAGAIN
+	}
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
-	r, err := unix.Pread(c.fd, (*bp)[:min(n, c.tlsRoom(), len(*bp))], off)
+	r, err := unix.Pread(c.fd, (*bp)[:min(n, room, len(*bp))], off)
 	if r <= 0 {
 		if err == nil {
 			return 0, nil // shorter than its metadata: send reports it
@@ -381,7 +419,7 @@ func (c *conn) tlsSendWire() error {
 	}
 	wire := nc.wire
 	nc.wire = nil
-	defer bytebufferpool.Put(wire)
+	defer wirePool.Put(wire)
 	b := wire.B
 	for len(b) > 0 {
 		k, err := unix.Write(c.gc.Fd(), b)
@@ -400,9 +438,15 @@ func (c *conn) tlsSendWire() error {
 			break
 		}
 	}
+	t := c.tls
 	if len(b) > 0 {
-		c.tls.left = append([]byte(nil), b...)
+		t.chunk = max(len(wire.B)-len(b), minTLSChunk)
+		t.left = append([]byte(nil), b...)
 		c.notePending()
+	} else if t.chunk > 0 {
+		if t.chunk *= 2; t.chunk >= maxTLSChunk {
+			t.chunk = 0
+		}
 	}
 	return nil
 }
@@ -432,7 +476,7 @@ func (c *conn) tlsFlushLeft() error {
 
 func (c *conn) dropWire() {
 	if nc := c.tls.nc; nc.wire != nil {
-		bytebufferpool.Put(nc.wire)
+		wirePool.Put(nc.wire)
 		nc.wire = nil
 	}
 }
@@ -454,7 +498,7 @@ func (c *conn) tlsClose() {
 		return
 	}
 	if t.in != nil {
-		bytebufferpool.Put(t.in)
+		inputPool.Put(t.in)
 		t.in = nil
 	}
 	c.dropWire()
