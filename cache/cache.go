@@ -41,7 +41,12 @@ type Config struct {
 	// (docroot.go); FollowSymlinks lets its symlinks point outside it.
 	DocRoot        string
 	FollowSymlinks bool
-	Logf           func(format string, args ...any)
+	// Shared opens the folder for a process among many that use it at once, each for
+	// a request or a few (CGI mode; shared.go): no scan and no index in memory, fills
+	// coalesced across processes through lock files, the bound kept by offload cache
+	// trim. Off: the cache of one long-running process (offload serve).
+	Shared bool
+	Logf   func(format string, args ...any)
 }
 
 // Stats counts what the cache did; read it with atomic loads.
@@ -120,7 +125,11 @@ type sharedFile struct {
 
 // Open makes the cache folder, scans it and returns the cache. Complete entries are
 // indexed, and so are unfinished fills with a checkpoint (they resume on the next
-// request for their file); other unfinished fills and damaged files are removed.
+// request for their file); other unfinished fills and damaged files are removed, but
+// not those another process has open (lockfile.go).
+//
+// With cfg.Shared it does none of that (shared.go): it makes the folder if need be and
+// returns, in the same time whatever the cache holds.
 func Open(cfg Config) (*Cache, error) {
 	if cfg.Fetchers <= 0 {
 		cfg.Fetchers = 64
@@ -167,6 +176,17 @@ func Open(cfg Config) (*Cache, error) {
 		fsync: (*os.File).Sync, ckEvery: checkpointEvery, windows: map[netip.Addr]int{}, closeq: make(chan *os.File, 4096),
 		stop: make(chan struct{}), idle: map[*entry]struct{}{}}
 	go c.runCloser(c.closeq)
+	if cfg.Shared {
+		if _, err := currentBoot(); err != nil {
+			return nil, err
+		}
+		if cfg.DocRoot != "" {
+			if c.doc, err = openDocRoot(cfg.DocRoot, cfg.FollowSymlinks); err != nil {
+				return nil, err
+			}
+		}
+		return c, nil
+	}
 	go c.runJanitor()
 	// Ten counters per entry the cache could hold at 1 MiB an entry; each costs about
 	// 3 bytes of memory, so the cap keeps an idle daemon small on a huge disk.
@@ -221,8 +241,10 @@ func (c *Cache) Close() {
 	c.shutting.Store(true)
 	close(c.stop)
 	c.closeIdle(true)
-	c.index.Close()
-	c.mem.Close()
+	if c.index != nil {
+		c.index.Close()
+		c.mem.Close()
+	}
 }
 
 // MaxBytes is the bound in force.
@@ -254,8 +276,9 @@ func (c *Cache) remove(e *entry) {
 }
 
 // scan indexes the complete entries and the resumable fills under the cache folder and
-// removes everything else. It reads one 4 KiB header per file, so it takes time in
-// proportion to the entries.
+// removes everything else, but for what other processes use (lockfile.go): lock files,
+// and .parts someone has open. It reads one 4 KiB header per file, so it takes time in
+// proportion to the entries. It points every key's .cur at the entry it indexes.
 func (c *Cache) scan() error {
 	newest := map[string]*entry{}
 	var parts, sidecars []string
@@ -264,6 +287,9 @@ func (c *Cache) scan() error {
 			return err
 		}
 		if d.IsDir() {
+			if path != c.cfg.Dir && !fanout(d.Name()) {
+				return filepath.SkipDir // not the cache's (the download slots of CGI mode)
+			}
 			return nil
 		}
 		name := d.Name()
@@ -273,6 +299,13 @@ func (c *Cache) scan() error {
 			return nil
 		case strings.HasSuffix(name, resumeSuffix):
 			sidecars = append(sidecars, path)
+			return nil
+		case strings.HasSuffix(name, lockSuffix), strings.HasSuffix(name, curSuffix):
+			return nil // pointers are checked below
+		case strings.HasSuffix(name, tmpSuffix):
+			if info, err := d.Info(); err == nil && time.Since(info.ModTime()) > time.Minute {
+				_ = os.Remove(path) // a pointer whose writer died before its rename
+			}
 			return nil
 		}
 		e, err := c.loadEntry(path)
@@ -299,7 +332,34 @@ func (c *Cache) scan() error {
 	}
 	c.indexParts(parts, sidecars, newest)
 	c.index.Wait()
+	for _, e := range newest {
+		if cur := curOf(e.path); exists(e.path) {
+			if name, err := os.Readlink(cur); err != nil || name != filepath.Base(e.path) {
+				if err := setCurrent(e.path); err != nil {
+					c.cfg.Logf("cache: %v", err)
+				}
+			}
+		}
+	}
 	return nil
+}
+
+// fanout reports whether name is one of the cache's fan-out folders.
+func fanout(name string) bool {
+	if len(name) != 2 {
+		return false
+	}
+	for i := range 2 {
+		if !strings.ContainsRune("0123456789abcdef", rune(name[i])) {
+			return false
+		}
+	}
+	return true
+}
+
+// curOf is the pointer of the key whose data file (or .part, or lock) is path.
+func curOf(path string) string {
+	return filepath.Join(filepath.Dir(path), filepath.Base(path)[:nameLen]+curSuffix)
 }
 
 func (c *Cache) loadEntry(path string) (*entry, error) {
@@ -409,7 +469,7 @@ func (h *Handle) Release() {
 // does not touch the network or read file data (it may open the data file), so the event
 // loop may call it.
 func (c *Cache) LookupFor(path string, client netip.Addr) *Handle {
-	if c.cfg.Revalidate <= 0 {
+	if c.cfg.Revalidate <= 0 || c.cfg.Shared {
 		return nil
 	}
 	e, ok := c.index.Get(c.key(path))
@@ -465,6 +525,9 @@ func (c *Cache) GetFrom(ctx context.Context, path string, from, end int64) (*Han
 const farAhead = 16 << 20
 
 func (c *Cache) get(ctx context.Context, path string, metaOnly bool, from, end int64) (*Handle, error) {
+	if c.cfg.Shared {
+		return c.getShared(ctx, path, metaOnly, from, end)
+	}
 	key := c.key(path)
 	tgt, err := target(path)
 	if err != nil {
@@ -520,21 +583,7 @@ func (c *Cache) get(ctx context.Context, path string, metaOnly bool, from, end i
 		return &Handle{Meta: *m}, nil
 	}
 	c.Stats.Misses.Add(1)
-	f := c.startFill(ctx, key, tgt, m)
-	if end <= 0 || end > m.Size {
-		end = m.Size
-	}
-	if from > 0 && from < end && from > f.landed()+farAhead {
-		if w := c.startWindow(ctx, key, tgt, m, from, end); w != nil {
-			h, err := w.handle(ctx)
-			if err == nil {
-				f.unreserve()
-				return h, nil
-			}
-			c.cfg.Logf("cache: %s: no window from %d (%v); the reader waits for the fill", key, from, err)
-		}
-	}
-	return f.handle(ctx)
+	return c.fillHandle(ctx, c.startFill(ctx, key, tgt, m), key, tgt, m, from, end)
 }
 
 // hit opens a handle on a committed entry.
@@ -576,6 +625,7 @@ func (e *entry) acquire() (*sharedFile, error) {
 	if err != nil {
 		return nil, err
 	}
+	_, _ = tryFlock(f, unix.LOCK_SH) // in use (lockfile.go): trim leaves it alone
 	e.c.Stats.OpenFiles.Add(1)
 	e.mu.Lock()
 	defer e.mu.Unlock()

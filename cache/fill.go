@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // fill pulls one version of a file from the base into a .part file while readers follow
@@ -47,6 +49,10 @@ type fill struct {
 	sealed bool           // committed or failed: no more checkpoints
 	ckBusy atomic.Bool    // a checkpoint goroutine is under way (checkpointLater)
 	ckWG   sync.WaitGroup // that goroutine, which run waits for before it lets the file go
+
+	// own is the key's lock (lockfile.go) while this fill holds it: always in a shared
+	// cache, in offload serve only while it resumes a .part. Used by the fill's goroutine only.
+	own *keyLock
 }
 
 // startFill joins the fill in progress for key or starts one; a new fill asks the base
@@ -198,6 +204,10 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b
 // file with checkpoints, asking for the rest when the base drops, then commit or clean up.
 func (f *fill) run() {
 	c := f.c
+	if c.cfg.Shared && f.from == 0 && f.want.Size <= c.cfg.MaxBytes {
+		f.runShared() // shared.go: one filler for all the processes of a shared cache
+		return
+	}
 	select {
 	case c.up.gets <- struct{}{}:
 	case <-f.ctx.Done():
@@ -211,86 +221,139 @@ func (f *fill) run() {
 	defer func() { <-c.up.gets }()
 	// A finished fill leaves the map before it wakes its readers for the last time, so
 	// a later request finds the committed entry (or starts afresh), never a dead fill.
-	forget := func() {
-		c.mu.Lock()
-		if c.fills[f.key] == f {
-			delete(c.fills, f.key)
-		}
-		c.mu.Unlock()
-	}
-	defer forget()
+	defer f.forget()
+	defer f.releaseOwn() // after the commit: the key's lock, if a resume took it
 
-	var part string
-	fail := func(err error) {
-		forget()
-		f.seal()
-		c.Stats.FillErrors.Add(1)
-		c.cfg.Logf("cache: fill %s: %v", f.key, err)
-		if part != "" && !(c.shutting.Load() && f.ckRec.seq > 0) {
-			// Kept when the cache has closed after a checkpoint: the next start resumes it.
-			removeQuiet(part, sidecarOf(part))
-		}
-		select {
-		case <-f.ready:
-		default:
-			f.mu.Lock()
-			f.err, f.done = err, true
-			f.mu.Unlock()
-			close(f.ready)
-		}
-		f.advance(0, true, err)
-	}
-
-	var (
-		m       *Meta
-		body    io.ReadCloser
-		file    *os.File
-		final   string
-		written int64 // body bytes in the file: the durable bytes of a resumed .part
-		header  []byte
-		err     error
-	)
+	var l landing
 	if f.from == 0 {
 		if p := c.takePart(f.key); p != nil {
-			if file, body, err = f.resume(p); err != nil {
-				fail(err)
+			file, body, at, err := f.resume(p)
+			if err != nil {
+				f.fail(err, "", false)
 				return
 			}
 			if file != nil {
 				c.Stats.OpenFiles.Add(1)
 				meta := p.meta
-				m, part, final, written = &meta, p.path, finalOf(p.path), p.part.rec.durable
+				l = landing{m: &meta, body: body, file: file, part: p.path, final: finalOf(p.path), written: at}
 				f.ckRec = p.part.rec
 			}
 		}
 	}
-	if file == nil {
-		if m, body, err = f.get(); err != nil {
-			fail(err)
-			return
-		}
-	}
-	defer func() { body.Close() }()
-	if file == nil {
-		m.Key, m.Stored = f.key, time.Now().UTC()
-		if header, err = encodeHeader(m); err != nil {
-			fail(&Error{Status: 502, Reason: "base sent unusable headers", Err: err})
-			return
-		}
-		final = c.dataPath(f.key, time.Now().UnixNano())
-		if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
-			fail(&Error{Status: 500, Reason: "cache folder not writable", Err: err})
-			return
-		}
-		part = final + ".part"
-		file, err = os.OpenFile(part, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if l.file == nil {
+		m, body, err := f.get()
 		if err != nil {
-			fail(&Error{Status: 500, Reason: "cache folder not writable", Err: err})
+			f.fail(err, "", false)
 			return
 		}
-		c.Stats.OpenFiles.Add(1)
-		f.ckRec = record{size: m.Size, header: headerDigest(header)}
+		l.m, l.body = m, body
 	}
+	defer func() { l.body.Close() }()
+	var header []byte
+	if l.file == nil {
+		var err error
+		if header, err = f.create(&l, time.Now().UnixNano()); err != nil {
+			f.fail(err, "", false)
+			return
+		}
+	}
+	f.pump(&l, header)
+}
+
+// landing is where a fill copies the body to.
+type landing struct {
+	m       *Meta
+	body    io.ReadCloser // the base's answer: the body, or the rest of it
+	file    *os.File      // the .part (or, for a window, a file to unlink)
+	part    string        // its path
+	final   string        // its path once committed
+	written int64         // body bytes in the file already (a resumed .part)
+}
+
+// create makes a new .part of generation gen for the version l.m describes and returns
+// its header, to write (pump does, unless the caller did).
+func (f *fill) create(l *landing, gen int64) ([]byte, error) {
+	c := f.c
+	m := l.m
+	m.Key, m.Stored = f.key, time.Now().UTC()
+	header, err := encodeHeader(m)
+	if err != nil {
+		return nil, &Error{Status: 502, Reason: "base sent unusable headers", Err: err}
+	}
+	final := c.dataPath(f.key, gen)
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		return nil, &Error{Status: 500, Reason: "cache folder not writable", Err: err}
+	}
+	part := final + ".part"
+	file, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, &Error{Status: 500, Reason: "cache folder not writable", Err: err}
+	}
+	c.Stats.OpenFiles.Add(1)
+	_ = flock(file, unix.LOCK_SH) // in use (lockfile.go): trim leaves it alone
+	l.file, l.part, l.final = file, part, final
+	f.ckRec = record{size: m.Size, header: headerDigest(header)}
+	return header, nil
+}
+
+// forget takes a finished fill out of the map of fills in progress.
+func (f *fill) forget() {
+	c := f.c
+	c.mu.Lock()
+	if c.fills[f.key] == f {
+		delete(c.fills, f.key)
+	}
+	c.mu.Unlock()
+}
+
+// fail ends the fill with err: the readers get it, and the .part goes, unless it is
+// kept for a resume: when the cache has closed after a checkpoint (the next start
+// resumes it), or, in a shared cache, when the bytes stopped coming (resumable) and the
+// fill record names the .part for the next filler.
+func (f *fill) fail(err error, part string, resumable bool) {
+	c := f.c
+	f.forget()
+	f.seal()
+	c.Stats.FillErrors.Add(1)
+	c.cfg.Logf("cache: fill %s: %v", f.key, err)
+	keep := c.shutting.Load() && f.ckRec.seq > 0 || resumable && c.cfg.Shared && f.own != nil
+	if part != "" && !keep {
+		removeQuiet(part, sidecarOf(part))
+	}
+	select {
+	case <-f.ready:
+	default:
+		f.mu.Lock()
+		f.err, f.done = err, true
+		f.mu.Unlock()
+		close(f.ready)
+	}
+	f.advance(0, true, err)
+}
+
+// publish hands the file to the readers, unless they follow it already (a shared fill
+// that took over the .part it followed).
+func (f *fill) publish(file *os.File, m *Meta, written int64) {
+	f.mu.Lock()
+	if f.file == nil {
+		f.meta = *m
+		f.file = &sharedFile{f: file, refs: 1} // the fill's own reference
+		f.written = written
+	}
+	f.mu.Unlock()
+	select {
+	case <-f.ready:
+	default:
+		close(f.ready)
+	}
+}
+
+// pump copies the body into the file while readers follow it, asks the base for the
+// rest when it drops, and commits the fill (or fails it). header, when not nil, is
+// written first.
+func (f *fill) pump(l *landing, header []byte) {
+	c := f.c
+	m, file, written, part := l.m, l.file, l.written, l.part
 	cacheable := m.Size <= c.cfg.MaxBytes && f.from == 0
 	if !cacheable {
 		// Larger than the whole cache, or a window: stream it through an unlinked file.
@@ -300,21 +363,16 @@ func (f *fill) run() {
 	if header != nil {
 		if _, err := file.WriteAt(header, 0); err != nil {
 			c.closeLater(file)
-			fail(&Error{Status: 500, Reason: "cache write failed", Err: err})
+			f.fail(&Error{Status: 500, Reason: "cache write failed", Err: err}, part, false)
 			return
 		}
 	}
-	f.mu.Lock()
-	f.meta = *m
-	f.file = &sharedFile{f: file, refs: 1} // the fill's own reference
-	f.written = written
-	f.mu.Unlock()
+	f.publish(file, m, written)
 	if part != "" {
 		f.ckMu.Lock()
 		f.ckFile, f.ckPath = file, sidecarOf(part)
 		f.ckMu.Unlock()
 	}
-	close(f.ready)
 	defer f.releaseFile(f.file)
 	defer f.ckWG.Wait() // before the release: a checkpoint uses the file
 
@@ -329,14 +387,14 @@ func (f *fill) run() {
 	var unannounced int64
 	lastCheckpoint, retries, retriedAt := written, 0, written
 	for {
-		n, rerr := body.Read(buf)
+		n, rerr := l.body.Read(buf)
 		if n > 0 {
 			if written+int64(n) > expected {
-				fail(&Error{Status: 502, Reason: "base sent more than its Content-Length"})
+				f.fail(&Error{Status: 502, Reason: "base sent more than its Content-Length"}, part, false)
 				return
 			}
 			if _, err := file.WriteAt(buf[:n], HeaderSize+written); err != nil {
-				fail(fmt.Errorf("cache: write %s: %w", part, err))
+				f.fail(fmt.Errorf("cache: write %s: %w", part, err), part, false)
 				return
 			}
 			if small != nil {
@@ -370,10 +428,11 @@ func (f *fill) run() {
 					f.key, rerr, f.from+written, f.end, retries, maxRetries)
 				f.pause(retryPause << (retries - 1))
 				var rest io.ReadCloser
+				var err error
 				rest, again, err = f.rest(f.from + written)
 				if err == nil {
-					body.Close()
-					body, rerr = rest, nil
+					l.body.Close()
+					l.body, rerr = rest, nil
 					c.Stats.Resumed.Add(1)
 					break
 				}
@@ -384,23 +443,23 @@ func (f *fill) run() {
 			}
 		}
 		if rerr != nil {
-			fail(fmt.Errorf("cache: read %s from base: %w", f.key, rerr))
+			f.fail(fmt.Errorf("cache: read %s from base: %w", f.key, rerr), part, true)
 			return
 		}
 	}
 	if written != expected {
-		fail(fmt.Errorf("cache: %s: base sent %d of %d bytes", f.key, written, expected))
+		f.fail(fmt.Errorf("cache: %s: base sent %d of %d bytes", f.key, written, expected), part, true)
 		return
 	}
 	f.seal()
 	if cacheable {
-		if err := f.commit(file, part, final, small); err != nil {
-			fail(err)
+		if err := f.commit(file, part, l.final, small); err != nil {
+			f.fail(err, part, false)
 			return
 		}
 		removeQuiet(sidecarOf(part)) // committed: a leftover would only be removed at start
 	}
-	forget()
+	f.forget()
 	f.advance(unannounced, true, nil)
 }
 
@@ -440,9 +499,16 @@ func (f *fill) commit(file *os.File, part, final string, small []byte) error {
 	if err := os.Rename(part, final); err != nil {
 		return fmt.Errorf("cache: commit %s: %w", f.key, err)
 	}
+	if err := setCurrent(final); err != nil {
+		// Only other processes look entries up by the pointer; the scan writes it again.
+		c.cfg.Logf("cache: commit %s: %v", f.key, err)
+	}
 	if dir, err := os.Open(filepath.Dir(final)); err == nil {
 		_ = c.fsync(dir)
 		dir.Close()
+	}
+	if c.cfg.Shared {
+		return nil // found through the pointer; trim keeps the bound
 	}
 	e := &entry{c: c, meta: f.meta, path: final}
 	e.confirm(clientOf(f.ctx)) // the HEAD that started the fill was for this client

@@ -29,6 +29,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -180,6 +182,10 @@ func (c *Cache) loadPart(path string) (*entry, error) {
 func (c *Cache) indexParts(parts, sidecars []string, complete map[string]*entry) {
 	best := map[string]*entry{}
 	for _, path := range parts {
+		if inUse(path) {
+			c.cfg.Logf("cache: leaving %s alone: another process fills it", path)
+			continue
+		}
 		p, err := c.loadPart(path)
 		if err != nil {
 			c.cfg.Logf("cache: removing unfinished fill %s: %v", path, err)
@@ -220,6 +226,31 @@ func (c *Cache) indexParts(parts, sidecars []string, complete map[string]*entry)
 	}
 }
 
+// inUse reports whether another process holds the .part at path (lockfile.go): its
+// key's lock, or a flock on the file itself.
+func inUse(path string) bool {
+	if len(filepath.Base(path)) <= nameLen {
+		return false
+	}
+	lock := filepath.Join(filepath.Dir(path), filepath.Base(path)[:nameLen]+lockSuffix)
+	if exists(lock) {
+		if lk, err := openLock(lock); err == nil {
+			ok, _ := lk.tryLock()
+			lk.close()
+			if !ok {
+				return true
+			}
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	alone, _ := tryFlock(f, unix.LOCK_EX)
+	return !alone
+}
+
 // removePart deletes a resumable .part and its sidecar unless a fill claimed it first.
 func (c *Cache) removePart(e *entry) {
 	if e.part.claimed.CompareAndSwap(false, true) {
@@ -229,6 +260,9 @@ func (c *Cache) removePart(e *entry) {
 
 // takePart hands the resumable .part of key, if there is one, to the fill that calls it.
 func (c *Cache) takePart(key string) *entry {
+	if c.index == nil {
+		return nil // a shared cache: fills find .parts through the fill record
+	}
 	p, ok := c.index.Get(partKey(key))
 	if !ok || p.part == nil || !p.part.claimed.CompareAndSwap(false, true) {
 		return nil
@@ -238,16 +272,31 @@ func (c *Cache) takePart(key string) *entry {
 }
 
 // resume continues the .part p for the fill: same version as the base's HEAD, then the
-// rest asked for with Range and If-Range. It returns the open .part (truncated to its
-// durable bytes) and the body of the rest, or a nil file when it cannot resume, having
-// removed p: the fill then starts over. When the base cannot be reached for the rest, p
-// is kept for the next request and the error fails this fill.
-func (f *fill) resume(p *entry) (*os.File, io.ReadCloser, error) {
+// rest asked for with Range and If-Range. It returns the open .part, truncated to its
+// durable bytes, the body of the rest, and where the rest starts; or a nil file when it
+// cannot resume, having removed p: the fill then starts over. When the base cannot be
+// reached for the rest, p is kept for the next request and the error fails this fill.
+//
+// The fill takes the key's lock first (lockfile.go): a fill of a shared cache may have
+// taken the .part over since the scan, and then it is theirs (this fill starts a new
+// one). A .part that processes of a shared cache follow is not truncated: they follow
+// only .parts written in this boot, whose bytes are good up to their size, and the rest
+// is asked for from there.
+func (f *fill) resume(p *entry) (*os.File, io.ReadCloser, int64, error) {
 	c := f.c
-	drop := func(why string, err error) (*os.File, io.ReadCloser, error) {
+	if lk, err := openLock(c.lockPath(f.key)); err != nil {
+		c.cfg.Logf("cache: resume %s: %v", f.key, err) // resumed without the lock, as before locks
+	} else if ok, _ := lk.tryLock(); ok {
+		f.own = lk
+	} else {
+		lk.close()
+		c.cfg.Logf("cache: not resuming %s: another process fills it", f.key)
+		return nil, nil, 0, nil
+	}
+	drop := func(why string, err error) (*os.File, io.ReadCloser, int64, error) {
 		c.cfg.Logf("cache: not resuming %s at %d: %s: %v; starting over", f.key, p.part.rec.durable, why, err)
 		removeQuiet(p.path, p.part.sidecar)
-		return nil, nil, nil
+		return nil, nil, 0, nil
 	}
 	if !SameVersion(&p.meta, f.want) {
 		return drop("the base has another version", errors.New("validators differ"))
@@ -256,12 +305,18 @@ func (f *fill) resume(p *entry) (*os.File, io.ReadCloser, error) {
 	if err != nil {
 		return drop("open", err)
 	}
-	if err := file.Truncate(HeaderSize + p.part.rec.durable); err != nil {
-		file.Close()
-		return drop("truncate", err)
+	at := p.part.rec.durable
+	if alone, _ := tryFlock(file, unix.LOCK_EX); alone {
+		if err := file.Truncate(HeaderSize + at); err != nil {
+			file.Close()
+			return drop("truncate", err)
+		}
+	} else if st, err := file.Stat(); err == nil {
+		at = min(max(at, st.Size()-HeaderSize), p.meta.Size-1)
 	}
+	_ = flock(file, unix.LOCK_SH) // in use, and no longer alone
 	c.Stats.Gets.Add(1)
-	m, resp, err := c.up.get(f.ctx, f.target, p.part.rec.durable, p.meta.Size, &p.meta)
+	m, resp, err := c.up.get(f.ctx, f.target, at, p.meta.Size, &p.meta)
 	if err == nil && !SameVersion(&p.meta, m) {
 		resp.Body.Close()
 		err = errors.New("validators differ")
@@ -269,17 +324,52 @@ func (f *fill) resume(p *entry) (*os.File, io.ReadCloser, error) {
 	if err != nil {
 		file.Close()
 		if unreachable(err) {
+			f.releaseOwn()
 			p.part.claimed.Store(false)
 			if !c.index.Set(partKey(f.key), p, p.part.rec.durable) {
 				c.removePart(p)
 			}
-			return nil, nil, fmt.Errorf("cache: resume %s at %d: %w", f.key, p.part.rec.durable, err)
+			return nil, nil, 0, fmt.Errorf("cache: resume %s at %d: %w", f.key, at, err)
 		}
 		return drop("ranged GET", err)
 	}
+	if f.own != nil {
+		if gen, ok := genOf(p.path); ok {
+			_ = f.own.writeRecord(gen) // processes of a shared cache may follow it now
+		}
+	}
 	c.Stats.Resumed.Add(1)
-	c.cfg.Logf("cache: resuming %s at %d of %d bytes", f.key, p.part.rec.durable, p.meta.Size)
-	return file, resp.Body, nil
+	c.cfg.Logf("cache: resuming %s at %d of %d bytes", f.key, at, p.meta.Size)
+	return file, resp.Body, at, nil
+}
+
+// releaseOwn gives the key's lock back at the end of a fill. The fill record goes unless
+// the .part it names is kept for the next filler; a lock file left with neither record
+// nor hit count is removed (holding the lock, as lockfile.go requires).
+func (f *fill) releaseOwn() {
+	l := f.own
+	if l == nil {
+		return
+	}
+	f.own = nil
+	if r, ok := l.readRecord(); !ok || !exists(partOfGen(l.path, r.gen)) {
+		l.clearRecord()
+		if st, err := l.f.Stat(); err == nil && st.Size() == 0 {
+			_ = os.Remove(l.path)
+		}
+	}
+	l.close()
+}
+
+// partOfGen is the .part of generation gen of the key whose lock file is lock.
+func partOfGen(lock string, gen int64) string {
+	name := filepath.Base(lock)[:nameLen]
+	return filepath.Join(filepath.Dir(lock), fmt.Sprintf("%s-%x.part", name, gen))
+}
+
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }
 
 // unreachable reports whether err says the base could not be reached or stalled, as

@@ -194,7 +194,7 @@ func onDisk(t *testing.T, dir string) (data, parts, sidecars []string) {
 	t.Helper()
 	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		switch {
-		case err != nil || d.IsDir():
+		case err != nil || d.IsDir() || coordination(p):
 		case strings.HasSuffix(p, ".part"):
 			parts = append(parts, p)
 		case strings.HasSuffix(p, resumeSuffix):
