@@ -5,6 +5,7 @@ package limiter
 import (
 	"bytes"
 	"net/netip"
+	"strconv"
 	"sync"
 )
 
@@ -14,6 +15,13 @@ type Config struct {
 	MaxConnsPerIP int            // open connections from one client address
 	MaxConns      int            // open connections in all
 	Trusted       []netip.Prefix // proxies whose X-Forwarded-For is believed
+	// Slots, when set, keeps the MaxDupes cap in lock files shared by every process
+	// that uses their folder (slots.go; CGI mode), instead of in this process's memory;
+	// make it with NewSlots(dir, MaxDupes). StartDownload and EndDownload then do file
+	// I/O. A slot that cannot be taken for an error lets the download go (and is
+	// logged with Logf): a broken folder does not stop downloads.
+	Slots *Slots
+	Logf  func(format string, args ...any)
 }
 
 // Limiter counts what is open. Its methods are safe for concurrent use and hold its lock
@@ -23,13 +31,15 @@ type Limiter struct {
 
 	mu        sync.Mutex
 	downloads map[string]int     // client address + "\x00" + path → downloads open
+	held      map[string]*Slot   // with Config.Slots: StartDownload's key → the slot it holds
+	seq       int                // names the next held slot
 	perIP     map[netip.Addr]int // socket peer → connections open
 	conns     int
 }
 
 // New returns a Limiter with the given caps.
 func New(cfg Config) *Limiter {
-	return &Limiter{cfg: cfg, downloads: map[string]int{}, perIP: map[netip.Addr]int{}}
+	return &Limiter{cfg: cfg, downloads: map[string]int{}, perIP: map[netip.Addr]int{}, held: map[string]*Slot{}}
 }
 
 // Refusal says which cap refused a connection.
@@ -80,7 +90,7 @@ func (l *Limiter) Conns() int {
 func (l *Limiter) Downloads() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	n := 0
+	n := len(l.held)
 	for _, v := range l.downloads {
 		n += v
 	}
@@ -93,6 +103,9 @@ func (l *Limiter) Downloads() int {
 func (l *Limiter) StartDownload(client netip.Addr, path string) (string, bool) {
 	if l.cfg.MaxDupes <= 0 {
 		return "", true
+	}
+	if l.cfg.Slots != nil {
+		return l.takeSlot(client, path)
 	}
 	key := client.String() + "\x00" + path
 	l.mu.Lock()
@@ -111,11 +124,36 @@ func (l *Limiter) EndDownload(key string) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if sl := l.held[key]; sl != nil {
+		delete(l.held, key)
+		sl.Release()
+		return
+	}
 	if n := l.downloads[key] - 1; n > 0 {
 		l.downloads[key] = n
 	} else {
 		delete(l.downloads, key)
 	}
+}
+
+// takeSlot is StartDownload with Config.Slots.
+func (l *Limiter) takeSlot(client netip.Addr, path string) (string, bool) {
+	sl, err := l.cfg.Slots.Take(client, path)
+	if err != nil {
+		if l.cfg.Logf != nil {
+			l.cfg.Logf("limiter: %v; download let through", err)
+		}
+		return "", true
+	}
+	if sl == nil {
+		return "", false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.seq++
+	key := "\x00slot" + strconv.Itoa(l.seq) // no client address starts with a NUL
+	l.held[key] = sl
+	return key, true
 }
 
 // ClientIP is the address a request is counted against: the socket peer, or, when the
