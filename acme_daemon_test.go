@@ -74,7 +74,7 @@ func TestDaemonACMEWithPebble(t *testing.T) {
 			if !slices.Equal(leaf.DNSNames, []string{"offload.test"}) || len(resp.TLS.VerifiedChains) == 0 {
 				t.Fatalf("certificate for %v, %d verified chains", leaf.DNSNames, len(resp.TLS.VerifiedChains))
 			}
-			if _, err := os.Stat(filepath.Join(cache+"-acme", "offload.test")); err != nil {
+			if _, err := os.Stat(filepath.Join(cache, "acme", "offload.test")); err != nil {
 				t.Errorf("the certificate is not kept in the ACME folder: %v", err)
 			}
 		})

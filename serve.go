@@ -187,7 +187,7 @@ func parseServeConfig(args []string, stderr io.Writer) (*serveConfig, error) {
 	fset.Var(&listFlag{vals: &cfg.ACMEDomain}, "acme-domain", "obtain a certificate for this name from the ACME CA, repeatable")
 	fset.StringVar(&cfg.ACMEEmail, "acme-email", "", "contact address registered with the ACME CA")
 	fset.StringVar(&cfg.ACMECA, "acme-ca", "", "ACME directory URL (default Let's Encrypt's, "+acme.LetsEncryptURL+")")
-	fset.StringVar(&cfg.ACMEDir, "acme-dir", "", "folder for the ACME account key and certificates (default: the --cache folder's name + \"-acme\")")
+	fset.StringVar(&cfg.ACMEDir, "acme-dir", "", "folder for the ACME account key and certificates (default: acme in the --cache folder)")
 	fset.StringVar(&cfg.ACMECARoot, "acme-ca-root", "", "PEM file of extra roots to trust when talking to the ACME CA (a private or test CA)")
 	fset.StringVar(&configFile, "config", "", "file of name = value lines with the same settings")
 	if err := fset.Parse(args); err != nil {
@@ -227,12 +227,12 @@ func (c *serveConfig) loadCerts() error {
 	return err
 }
 
-// acmeDirFor is the default ACME folder: beside the cache folder, not in it, because
-// the cache's start-up scan removes every file in its folder that is not a cache
-// entry, and because a certificate is not cache: one lost is one more issuance, and
-// CAs limit those.
+// acmeDirFor is the default ACME folder: "acme" in the cache folder, which the daemon's
+// user can write (the systemd unit's CacheDirectory, or handed over by --user). The
+// cache's start-up scan leaves its subfolders other than its own fan-out alone;
+// TestServeKeepsTheACMEFolderInTheCache checks that it stays so.
 func acmeDirFor(cacheDir string) string {
-	return filepath.Clean(cacheDir) + "-acme"
+	return filepath.Join(cacheDir, "acme")
 }
 
 // readConfigFile applies `name = value` lines to the flags not set on the command line.

@@ -132,8 +132,7 @@ func TestServeTLSSettingsFromConfigFile(t *testing.T) {
 	if cfg.certs == nil || !cfg.certs.ACME() {
 		t.Fatal("certificates not loaded")
 	}
-	// The ACME folder is beside the cache, whose start-up scan would remove its files.
-	if want := filepath.Join(dir, "cache-acme"); cfg.ACMEDir != want {
+	if want := filepath.Join(dir, "cache", "acme"); cfg.ACMEDir != want {
 		t.Errorf("ACME folder %q, want %q", cfg.ACMEDir, want)
 	}
 	// Flags win over the file, lists whole.
@@ -216,15 +215,33 @@ func TestServeSIGHUPReloadsCertificates(t *testing.T) {
 	get(open, openBR) // the connection from before both reloads still works
 }
 
-func TestServeMakesTheACMEFolder(t *testing.T) {
+func TestServeKeepsTheACMEFolderInTheCache(t *testing.T) {
 	dir := t.TempDir()
+	cache := filepath.Join(dir, "cache")
 	b := startBase(t)
-	// The CA is never asked: certificates are obtained at the first handshake.
-	startDaemon(t, "--base", b.url, "--cache", filepath.Join(dir, "cache"), "--tls-listen", freePort(t, "127.0.0.1"),
-		"--acme-domain", "dl.example.test", "--acme-ca", "https://127.0.0.1:1/dir")
-	st, err := os.Stat(filepath.Join(dir, "cache-acme"))
+	args := []string{"--base", b.url, "--cache", cache, "--tls-listen", freePort(t, "127.0.0.1"),
+		"--acme-domain", "dl.example.test", "--acme-ca", "https://127.0.0.1:1/dir"} // the CA is asked at the first handshake only
+	d := startDaemon(t, args...)
+	acmeDir := filepath.Join(cache, "acme")
+	st, err := os.Stat(acmeDir)
 	if err != nil || !st.IsDir() || st.Mode().Perm() != 0o700 {
 		t.Fatalf("ACME folder: %v, %v", st, err)
+	}
+	// What autocert keeps there is no cache entry: a restart, whose cache scan removes
+	// files that are not entries, must leave it.
+	kept := []string{"acme_account+key", "dl.example.test"}
+	for _, name := range kept {
+		if err := os.WriteFile(filepath.Join(acmeDir, name), []byte("-----BEGIN EC PRIVATE KEY-----\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.cmd.Process.Kill()
+	d.cmd.Wait()
+	startDaemon(t, args...)
+	for _, name := range kept {
+		if _, err := os.Stat(filepath.Join(acmeDir, name)); err != nil {
+			t.Errorf("after a restart: %v", err)
+		}
 	}
 }
 
