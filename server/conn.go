@@ -8,7 +8,6 @@ import (
 	"io"
 	"math"
 	"net/netip"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/valyala/bytebufferpool"
 	"golang.org/x/sys/unix"
 
+	"github.com/modoffload/offload/answer"
 	"github.com/modoffload/offload/cache"
 	"github.com/modoffload/offload/proto"
 )
@@ -347,11 +347,6 @@ func (c *conn) checkInbound() gnet.Action {
 	return gnet.None
 }
 
-const robots = "User-agent: *\nDisallow: /\n"
-
-const acceleratorText = "Too many connections for this file from your address. This server allows one " +
-	"download of a file at a time per address: please disable any download accelerator and try again."
-
 // begin handles a parsed request whose head is raw.
 func (c *conn) begin(raw []byte) {
 	r := &c.req
@@ -359,17 +354,11 @@ func (c *conn) begin(raw []byte) {
 	c.head = r.IsHead()
 	c.client = c.srv.cfg.Limiter.ClientIP(c.peer, r.XForwardedFor)
 	c.startLog(raw)
-	switch {
-	case !r.IsGet() && !c.head:
-		c.text(405, "method not allowed: this server answers GET and HEAD", "GET, HEAD")
+	if p, ok := answer.Before(r); ok {
+		c.answer(p)
 		return
-	case string(r.Path) == "/robots.txt":
-		c.writeSmall(200, "text/plain; charset=utf-8", robots)
-		return
-	case r.HasQuery:
-		c.text(403, "query strings are not served by this offload server", "")
-		return
-	case c.srv.cfg.ACMEChallenge != nil && bytes.HasPrefix(r.Path, acmePrefix):
+	}
+	if c.srv.cfg.ACMEChallenge != nil && bytes.HasPrefix(r.Path, acmePrefix) {
 		c.wait(raw)
 		go c.challenge(c.cancelCtx(), string(r.Path[len(acmePrefix):]))
 		return
@@ -378,18 +367,18 @@ func (c *conn) begin(raw []byte) {
 		slot, ok := c.srv.cfg.Limiter.StartDownload(c.client, string(r.Path))
 		if !ok {
 			c.srv.metrics.refusals.WithLabelValues("downloads per address and file").Inc()
-			c.text(403, acceleratorText, "")
+			c.answer(answer.Accelerator())
 			return
 		}
 		c.slot = slot
 	}
 	if h := c.srv.cfg.Cache.LookupFor(string(r.Path), c.client); h != nil {
-		c.respond(h)
+		c.answer(answer.Respond(r, h))
 		return
 	}
 	// Ask the base off the loop; the head is kept to evaluate Range and If-* later.
 	c.wait(raw)
-	from, end := wantRange(r)
+	from, end := answer.WantRange(r)
 	go c.fetch(c.cancelCtx(), string(r.Path), c.head, from, end)
 }
 
@@ -422,24 +411,6 @@ func (c *conn) challenge(ctx context.Context, token string) {
 		keyAuth = nil
 	}
 	c.deliver(&result{acme: true, keyAuth: keyAuth})
-}
-
-// wantRange is the one range of a single "bytes=N-" or "bytes=N-M" range without
-// If-Range, as [from, end) with end 0 for "to the end": a reader the cache may serve
-// from a window of its own when the fill is far behind N.
-func wantRange(r *proto.Request) (from, end int64) {
-	if len(r.Range) == 0 || len(r.IfRange) > 0 {
-		return 0, 0
-	}
-	var buf [1]proto.Range
-	ranges, err := proto.ParseRange(r.Range, math.MaxInt64, buf[:0])
-	if err != nil || len(ranges) != 1 || bytes.Contains(r.Range, []byte("=-")) || bytes.IndexByte(r.Range, ',') >= 0 {
-		return 0, 0
-	}
-	if ranges[0].Start+ranges[0].Length < math.MaxInt64 {
-		end = ranges[0].Start + ranges[0].Length // "N-M": the client gave an end
-	}
-	return ranges[0].Start, end
 }
 
 // fetch runs in its own goroutine: it may block on the base, the loop must not. path
@@ -504,124 +475,51 @@ func (c *conn) resume(r *result) {
 		return
 	}
 	c.phase = phaseRead
-	if r.acme {
-		if r.keyAuth == nil {
-			c.text(404, "no such ACME challenge", "")
-		} else {
-			c.writeSmall(200, "application/octet-stream", string(r.keyAuth))
-		}
-		return
+	switch {
+	case r.acme:
+		c.answer(answer.ACME(r.keyAuth))
+	case r.err != nil:
+		c.answer(answer.Failed(c.req.Path, r.err, c.srv.cfg.Logf))
+	default:
+		c.answer(answer.Respond(&c.req, r.h))
 	}
-	if r.err != nil {
-		var ce *cache.Error
-		if errors.As(r.err, &ce) {
-			if ce.Location != "" {
-				c.redirect(ce.Status, ce.Location)
-			} else {
-				c.text(ce.Status, ce.Reason, "")
-			}
-		} else {
-			c.srv.cfg.Logf("server: %s: %v", c.req.Path, r.err)
-			c.text(502, "the base server could not be asked", "")
-		}
-		return
-	}
-	c.respond(r.h)
 }
 
-// respond answers from a cache handle: head, then the body from memory or the file.
-func (c *conn) respond(h *cache.Handle) {
-	m := &h.Meta
-	var rangeBuf [4]proto.Range
-	status, ranges, _ := proto.Evaluate(&c.req, m.ETag, m.ModTime(), m.Size, rangeBuf[:0])
-	hd := proto.Head{Status: status, ContentLength: -1, ETag: m.ETag, LastModified: m.LastModified,
-		AcceptRanges: true, Close: !c.keepAlive}
-	if h.Stale {
-		hd.Warning = `110 - "Response is Stale"`
+// answer sends a plan: the head, then its body from memory at once, or readies the
+// send of its body from the file.
+func (c *conn) answer(p answer.Plan) {
+	if p.CloseConn {
+		c.keepAlive = false
 	}
-	var body []byte // what to send from memory after the head
-	var cr [64]byte
-	switch {
-	case status == 200:
-		hd.ContentLength, hd.ContentType = m.Size, m.ContentType
-	case status == 206 && len(ranges) == 1:
-		hd.ContentLength, hd.ContentType = ranges[0].Length, m.ContentType
-		hd.ContentRange = ranges[0].ContentRange(cr[:0], m.Size)
-	case status == 206:
-		hd.ContentLength = proto.MultipartLength(ranges, m.ContentType, m.Size)
-		hd.ContentType = proto.MultipartType
-	case status == 416:
-		hd.ContentRange = strconv.AppendInt(append(cr[:0], "bytes */"...), m.Size, 10)
-		body = []byte("range not satisfiable\n")
-		hd.ContentLength, hd.ContentType = int64(len(body)), "text/plain; charset=utf-8"
-	case status == 412:
-		hd.ContentLength = 0
-	}
-	c.status = status
+	p.Head.Close = !c.keepAlive
+	c.status = p.Head.Status
 	buf := bytebufferpool.Get()
 	defer bytebufferpool.Put(buf)
-	buf.B = hd.Append(buf.B)
-	if c.head || (status != 200 && status != 206) {
+	buf.B = p.Head.Append(buf.B)
+	if p.File == nil {
+		body := p.Body
 		if c.head {
 			body = nil
 		}
-		h.Release()
-		c.writev(buf.B, body)
-		c.finish()
-		return
-	}
-	if h.Body != nil {
-		switch {
-		case status == 200:
-			body = h.Body
-		case len(ranges) == 1:
-			body = h.Body[ranges[0].Start : ranges[0].Start+ranges[0].Length]
-		default:
-			headLen := len(buf.B)
-			for i, r := range ranges {
-				buf.B = proto.AppendPartHead(buf.B, i, r, m.ContentType, m.Size)
-				buf.B = append(buf.B, h.Body[r.Start:r.Start+r.Length]...)
-			}
-			buf.B = proto.AppendPartsEnd(buf.B)
-			c.sent = int64(len(buf.B) - headLen) // the multipart body, as Content-Length says
-		}
-		h.Release()
 		// Done once written: the slot goes first, so a client that reads the body and
 		// asks again at once never meets its own finished download.
 		c.srv.cfg.Limiter.EndDownload(c.slot)
 		c.slot = ""
-		c.writev(buf.B, body)
+		c.emit(buf.B, body)
+		c.sent += int64(len(body))
 		c.finish()
 		return
 	}
-	if h.Base() > 0 && (status != 206 || len(ranges) != 1 || ranges[0].Start < h.Base() ||
-		ranges[0].Start+ranges[0].Length > h.End()) {
-		// A window holds only the bytes it was asked for; wantRange asked for no other.
-		h.Release()
-		c.keepAlive = false
-		c.text(500, "internal error: range window mismatch", "")
-		return
-	}
 	c.emit(buf.B, nil)
-	c.h, c.fd, c.loaded, c.requested = h, h.Fd(), 0, 0
-	switch {
-	case status == 200:
-		c.off, c.end = 0, m.Size
-	case len(ranges) == 1:
-		c.off, c.end = ranges[0].Start, ranges[0].Start+ranges[0].Length
-	default:
-		c.ranges = append([]proto.Range(nil), ranges...)
-		c.part = 0
+	c.h, c.fd, c.loaded, c.requested = p.File, p.File.Fd(), 0, 0
+	c.off, c.end = p.Off, p.End
+	if p.Ranges != nil {
+		c.ranges, c.part = p.Ranges, 0
 		c.off, c.end = 0, 0
 	}
 	c.phase = phaseSend
 	c.srv.metrics.inflight.Add(1)
 	c.setDeadline(c.srv.cfg.Timeout)
-}
-
-func (c *conn) writev(head, body []byte) {
-	c.emit(head, body)
-	c.sent += int64(len(body))
 }
 
 // emit writes head, then body, to the client: the one way bytes other than sendfile's
@@ -1135,35 +1033,7 @@ func (c *conn) startLog(raw []byte) {
 }
 
 // text answers with a short plain-text reason; allow is the Allow header for a 405.
-func (c *conn) text(status int, reason, allow string) {
-	body := reason + "\n"
-	hd := proto.Head{Status: status, ContentLength: int64(len(body)), ContentType: "text/plain; charset=utf-8",
-		Allow: allow, Close: !c.keepAlive}
-	c.writeHead(&hd, body)
-}
-
-func (c *conn) redirect(status int, location string) {
-	hd := proto.Head{Status: status, ContentLength: 0, Location: location, Close: !c.keepAlive}
-	c.writeHead(&hd, "")
-}
-
-func (c *conn) writeSmall(status int, ctype, body string) {
-	hd := proto.Head{Status: status, ContentLength: int64(len(body)), ContentType: ctype, Close: !c.keepAlive}
-	c.writeHead(&hd, body)
-}
-
-func (c *conn) writeHead(hd *proto.Head, body string) {
-	buf := bytebufferpool.Get()
-	buf.B = hd.Append(buf.B)
-	if !c.head {
-		buf.B = append(buf.B, body...)
-		c.sent = int64(len(body))
-	}
-	c.emit(buf.B, nil)
-	bytebufferpool.Put(buf)
-	c.status = hd.Status
-	c.finish()
-}
+func (c *conn) text(status int, reason, allow string) { c.answer(answer.Text(status, reason, allow)) }
 
 // sendfile is sendfile(2) as a raw system call. The socket is non-blocking and the file
 // is in the page cache, so the call never sleeps; unix.Sendfile's Syscall would tell the

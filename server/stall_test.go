@@ -85,6 +85,12 @@ func TestStalledReaderOfAFillIsDropped(t *testing.T) {
 	// and must be gone within the timeout (plus the sweeper's period) after that.
 	began := time.Now()
 	deadline := time.Now().Add(15 * time.Second)
+	for s.Downloads() == 0 { // the requests are in: otherwise zero says nothing
+		if time.Now().After(deadline) {
+			t.Fatal("the requests never started")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	for s.Downloads() != 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d downloads still held by clients that read nothing", s.Downloads())
