@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"os/user"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -361,6 +362,14 @@ func runServe(args []string) int {
 // serve runs the daemon until SIGTERM or SIGINT; started, if not nil, gets the server
 // once it listens (the demo uses it).
 func serve(cfg *serveConfig, logger *log.Logger, started func(*server.Server)) error {
+	if len(cfg.TLSListen) > 0 && os.Getenv("GOGC") == "" {
+		// An HTTPS connection's state is Go heap (about 7 KiB: the tls.Conn, its two
+		// AES-GCM states), where a plain one's is a few hundred bytes; with Go's default
+		// the heap may grow to twice what is live before a collection. Half of it keeps
+		// a slow HTTPS download within its memory budget (scripts/bench.sh step 6)
+		// for a little more collector work during handshakes. GOGC overrides it.
+		debug.SetGCPercent(50)
+	}
 	c, err := cache.Open(cache.Config{
 		Dir: cfg.Cache, MaxBytes: cfg.CacheSize, Base: cfg.Base, BaseAddr: cfg.BaseAddr,
 		UserAgent: "offload/" + version, Fetchers: cfg.Fetchers, Timeout: cfg.Timeout,

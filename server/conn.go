@@ -520,6 +520,9 @@ func (c *conn) answer(p answer.Plan) {
 	c.phase = phaseSend
 	c.srv.metrics.inflight.Add(1)
 	c.setDeadline(c.srv.cfg.Timeout)
+	if c.tls != nil && c.tls.in == nil {
+		trimTLS(c.tls.tc) // a download may wait long for its client: hold no input buffer
+	}
 }
 
 // emit writes head, then body, to the client: the one way bytes other than sendfile's

@@ -1,10 +1,12 @@
 package server
 
 import (
+	"bytes"
 	"crypto/tls"
 	"io"
 	"net"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,6 +41,12 @@ import (
 
 // maxTLSChunk is the most plaintext encrypted per write call: four full records.
 const maxTLSChunk = 64 << 10
+
+// smallTLSWrite is the most plaintext written without asking the socket for its room
+// first: a response head with a small body, one record. Two system calls would cost
+// more than such a record can wait in memory, which happens only when the socket is
+// full, where a connection has sent far more than this before.
+const smallTLSWrite = 16 << 10
 
 // minTLSChunk is the plaintext encrypted when the socket's room cannot be read.
 const minTLSChunk = 2 << 10
@@ -207,6 +215,7 @@ func (c *conn) handshake() (act gnet.Action, done bool) {
 		t.nc.mu.Lock()
 		t.nc.loop = true
 		t.nc.mu.Unlock()
+		trimTLS(t.tc)
 		c.phase = phaseRead
 		c.setDeadline(c.srv.cfg.IdleTimeout)
 		return gnet.None, true
@@ -283,13 +292,21 @@ func (c *conn) tlsInbound() []byte {
 	}
 	c.tlsSendWire() // a KeyUpdate's answer, an alert
 	if t.in != nil && len(t.in.B) == 0 {
-		inputPool.Put(t.in)
+		putInput(t.in)
 		t.in = nil
 	}
 	if t.in == nil {
 		return nil
 	}
 	return t.in.B
+}
+
+// putInput returns an input buffer to its pool. bytebufferpool learns the sizes to
+// keep from the lengths it is given back, and an input buffer comes back empty: it is
+// handed back at its capacity, so that the pool keeps buffers of the size reads need.
+func putInput(b *bytebufferpool.ByteBuffer) {
+	b.B = b.B[:cap(b.B)]
+	inputPool.Put(b)
 }
 
 // tlsConsume drops n parsed bytes of plaintext.
@@ -299,7 +316,7 @@ func (c *conn) tlsConsume(n int) {
 		return
 	}
 	if n >= len(t.in.B) {
-		inputPool.Put(t.in)
+		putInput(t.in)
 		t.in = nil
 		return
 	}
@@ -336,7 +353,7 @@ func (c *conn) tlsRoom() int {
 // clients grow to megabytes, reaches its TCP memory limit with a few thousand of
 // them, and then takes less than a socket's own room says: the records it refuses
 // would wait in our memory instead.
-const notSentLowat = 256 << 10
+const notSentLowat = 64 << 10
 
 // soMeminfo is SO_MEMINFO (asm-generic/socket.h), which x/sys does not name.
 const soMeminfo = 55
@@ -349,9 +366,11 @@ func (c *conn) tlsWrite(a, b []byte) (int, error) {
 	if len(t.left) > 0 {
 		return 0, unix.EAGAIN // the records before go first: flush sends them
 	}
-	room := c.tlsRoom()
-	if room <= 0 {
-		return 0, unix.EAGAIN
+	room := len(a) + len(b)
+	if room > smallTLSWrite {
+		if room = c.tlsRoom(); room <= 0 {
+			return 0, unix.EAGAIN
+		}
 	}
 	a = a[:min(len(a), room)]
 	b = b[:min(len(b), room-len(a))]
@@ -498,11 +517,37 @@ func (c *conn) tlsClose() {
 		return
 	}
 	if t.in != nil {
-		inputPool.Put(t.in)
+		putInput(t.in)
 		t.in = nil
 	}
 	c.dropWire()
 	t.left = nil
+}
+
+// crypto/tls keeps two byte buffers per connection that grow during the handshake and
+// never shrink: rawInput (received records) and hand (handshake messages). After the
+// handshake both are empty, yet hold about 5 KiB a connection (a ClientHello with a
+// post-quantum key share is 1.5 KiB, and bytes.Buffer grows in steps). trimTLS drops
+// them when they are empty, so a connection that waits for a slow client holds none.
+// crypto/tls has no API for it; the fields are found by name and type once, and when
+// a Go release renames them the trim does nothing (TestTLSTrimFindsItsFields fails).
+var tlsBufferOffsets = func() (offs []uintptr) {
+	t := reflect.TypeFor[tls.Conn]()
+	for _, name := range []string{"rawInput", "hand"} {
+		if f, ok := t.FieldByName(name); ok && f.Type == reflect.TypeFor[bytes.Buffer]() {
+			offs = append(offs, f.Offset)
+		}
+	}
+	return offs
+}()
+
+// trimTLS frees tc's empty receive and handshake buffers. Loop only.
+func trimTLS(tc *tls.Conn) {
+	for _, off := range tlsBufferOffsets {
+		if b := (*bytes.Buffer)(unsafe.Add(unsafe.Pointer(tc), off)); b.Len() == 0 {
+			*b = bytes.Buffer{}
+		}
+	}
 }
 
 // kernelTLS says whether this kernel can encrypt TLS records itself (kTLS), which
