@@ -59,6 +59,10 @@ var (
 	inputPool bytebufferpool.Pool
 )
 
+// maxClientHello is the largest first record taken: a TLS record's plaintext limit
+// (RFC 8446 5.1), which a ClientHello with post-quantum key shares stays well under.
+const maxClientHello = 16 << 10
+
 // errWouldBlock tells crypto/tls that no more input is here yet. It is a net.Error
 // whose Temporary is true, which crypto/tls does not keep as the connection's error.
 var errWouldBlock = wouldBlock{}
@@ -235,6 +239,17 @@ func (c *conn) handshake() (act gnet.Action, done bool) {
 				return c.linger(), false
 			}
 			return gnet.Close, false
+		}
+		// The goroutine starts once the first record (the ClientHello) is all here,
+		// so a client that sends a few bytes and stalls holds no goroutine, only its
+		// bytes in gnet's buffer, until the head timeout closes it.
+		if len(buf) < 5 {
+			return gnet.None, false
+		}
+		if n := int(buf[3])<<8 | int(buf[4]); n > maxClientHello {
+			return gnet.Close, false
+		} else if len(buf) < 5+n {
+			return gnet.None, false
 		}
 		fd, err := unix.FcntlInt(uintptr(c.gc.Fd()), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
