@@ -3,14 +3,22 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/binary"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"io/fs"
 	"log"
+	"math/big"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -80,8 +88,20 @@ func demo(dir string, keep bool, basePort, offloadPort int, existing, path strin
 	}
 	offloadAddr := offloadLn.Addr().String()
 	offloadLn.Close()
+	// The HTTPS listener of the same offload server, with a certificate from a
+	// throwaway local CA (the demo's client, and curl with --cacert, trust it).
+	tlsLn, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		return fmt.Errorf("offload HTTPS port: %w", err)
+	}
+	tlsAddr := tlsLn.Addr().String()
+	tlsLn.Close()
+	caFile, certFile, keyFile, roots, err := demoCA(dir)
+	if err != nil {
+		return err
+	}
 
-	baseURL := existing
+	baseURL, tlsBaseURL := existing, ""
 	var baseHeads, baseGets atomic.Int64
 	if baseURL == "" {
 		if err := makeSampleFiles(docroot, out); err != nil {
@@ -114,11 +134,30 @@ func demo(dir string, keep bool, basePort, offloadPort int, existing, path strin
 		go base.Serve(ln)
 		defer base.Close()
 		baseURL = "http://" + ln.Addr().String()
+
+		// A second base site, whose redirector sends clients to the HTTPS listener.
+		rds, err := redirect.New(redirect.Config{Hosts: []string{"https://" + tlsAddr}, MinSize: redirect.DefaultMinSize,
+			Files: os.DirFS(docroot).(fs.StatFS)})
+		if err != nil {
+			return err
+		}
+		lns, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		tlsBase := &http.Server{Handler: rds.Handler(count), ReadHeaderTimeout: 10 * time.Second}
+		go tlsBase.Serve(lns)
+		defer tlsBase.Close()
+		tlsBaseURL = "http://" + lns.Addr().String()
 	}
 
 	logger := log.New(io.Discard, "", 0)
 	cfg := &serveConfig{Base: baseURL, Listen: []string{offloadAddr}, Cache: cacheDir, MaxDupes: 1,
-		Timeout: 45 * time.Second, Grace: 2 * time.Second, Fetchers: 16, Loops: 2}
+		Timeout: 45 * time.Second, Grace: 2 * time.Second, Fetchers: 16, Loops: 2,
+		TLSListen: []string{tlsAddr}, TLSCert: []string{certFile}, TLSKey: []string{keyFile}}
+	if err := cfg.loadCerts(); err != nil {
+		return err
+	}
 	started := make(chan *server.Server, 1)
 	served := make(chan error, 1)
 	go func() { served <- serve(cfg, logger, func(s *server.Server) { started <- s }) }()
@@ -130,7 +169,8 @@ func demo(dir string, keep bool, basePort, offloadPort int, existing, path strin
 	}
 
 	url := baseURL + path
-	fmt.Fprintf(out, "base server    %s (Go file server with package redirect)\noffload server http://%s (cache %s)\n\n", baseURL, offloadAddr, cacheDir)
+	fmt.Fprintf(out, "base server    %s (Go file server with package redirect)\noffload server http://%s and https://%s (cache %s)\n\n",
+		baseURL, offloadAddr, tlsAddr, cacheDir)
 	var target string
 	client := &http.Client{CheckRedirect: func(req *http.Request, via []*http.Request) error {
 		target = req.URL.String()
@@ -173,9 +213,40 @@ func demo(dir string, keep bool, basePort, offloadPort int, existing, path strin
 		fmt.Fprintf(out, "the base saw    %d HEAD and %d GET from the offload server (one GET: the warm download came from the cache)\n",
 			baseHeads.Load(), baseGets.Load())
 	}
+	if tlsBaseURL != "" {
+		// The same file through the base site that redirects to HTTPS.
+		var tlsTarget string
+		tlsClient := &http.Client{
+			Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}},
+			CheckRedirect: func(req *http.Request, via []*http.Request) error {
+				tlsTarget = req.URL.String()
+				return nil
+			},
+		}
+		start := time.Now()
+		resp, err := tlsClient.Get(tlsBaseURL + path)
+		if err != nil {
+			return fmt.Errorf("HTTPS download: %w", err)
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || !bytes.Equal(h.Sum(nil), sums[0][:]) {
+			return fmt.Errorf("HTTPS download of %s: status %d, %d bytes, %v (or its bytes differ)", tlsBaseURL+path, resp.StatusCode, n, err)
+		}
+		took := time.Since(start)
+		fmt.Fprintf(out, "\nhttps download: %d bytes in %v (%.0f MiB/s), redirected to %s, bytes verified\n",
+			n, took.Round(time.Millisecond), float64(n)/(1<<20)/took.Seconds(), tlsTarget)
+	}
 	fmt.Fprintf(out, "\nTry it by hand:\n  curl -L -o /dev/null -w '%%{url_effective} %%{http_code} %%{size_download}\\n' %s\n", url)
 	fmt.Fprintf(out, "  curl -s -o /dev/null -D - %s   # the 307 itself (a GET: HEADs are never offloaded)\n", url)
 	fmt.Fprintf(out, "  curl -r 0-99 -o /dev/null -w '%%{http_code}\\n' http://%s%s   # a range from the cache\n", offloadAddr, path)
+	fmt.Fprintf(out, "  curl --cacert %s -o /dev/null -w '%%{http_code} %%{size_download}\\n' https://%s%s   # over HTTPS (the demo's own CA)\n",
+		caFile, tlsAddr, path)
+	if tlsBaseURL != "" {
+		fmt.Fprintf(out, "  curl --cacert %s -L -o /dev/null -w '%%{url_effective} %%{http_code}\\n' %s%s   # a base site that redirects to HTTPS\n",
+			caFile, tlsBaseURL, path)
+	}
 
 	stop := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -230,4 +301,53 @@ func makeSampleFiles(docroot string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "sample files: %d, from 10 KiB to 200 MiB\n", len(demoFiles))
 	return nil
+}
+
+// demoCA makes a throwaway certificate authority and, signed by it, a certificate for
+// the offload host 127.0.0.2, in dir: ca.pem, offload.pem and offload.key.
+func demoCA(dir string) (caFile, certFile, keyFile string, roots *x509.CertPool, err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", "", "", nil, err
+	}
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		return "", "", "", nil, err
+	}
+	now := time.Now()
+	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "offload demo CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(7 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(crand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		return "", "", "", nil, fmt.Errorf("demo CA: %w", err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		return "", "", "", nil, err
+	}
+	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.2"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(7 * 24 * time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 2)},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(crand.Reader, leaf, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return "", "", "", nil, fmt.Errorf("demo certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return "", "", "", nil, err
+	}
+	caFile, certFile, keyFile = filepath.Join(dir, "ca.pem"), filepath.Join(dir, "offload.pem"), filepath.Join(dir, "offload.key")
+	for _, f := range []struct {
+		name, typ string
+		der       []byte
+		mode      os.FileMode
+	}{{caFile, "CERTIFICATE", caDER, 0o644}, {certFile, "CERTIFICATE", der, 0o644}, {keyFile, "PRIVATE KEY", keyDER, 0o600}} {
+		if err := os.WriteFile(f.name, pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der}), f.mode); err != nil {
+			return "", "", "", nil, err
+		}
+	}
+	roots = x509.NewCertPool()
+	roots.AddCert(caCert)
+	return caFile, certFile, keyFile, roots, nil
 }

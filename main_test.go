@@ -351,7 +351,8 @@ func TestDemoRuns(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out)
 	}
-	for _, want := range []string{"bytes verified", "redirected to  http://127.0.0.2:", "2 HEAD and 1 GET"} {
+	for _, want := range []string{"bytes verified", "redirected to  http://127.0.0.2:", "2 HEAD and 1 GET",
+		"redirected to https://127.0.0.2:", "curl --cacert "} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
