@@ -29,6 +29,8 @@ func main() {
 		code = runBench(args)
 	case "hostcheck":
 		code = runHostcheck(args)
+	case "cache":
+		code = runCache(args)
 	case "version", "-version", "--version":
 		fmt.Println("offload", version)
 	case "help", "-h", "-help", "--help":
@@ -49,6 +51,7 @@ commands:
   demo     run a base and an offload server on 127.0.0.1 and show a download
   bench    load-test an HTTP server (offload bench -h)
   hostcheck  probe offload hosts, keep the base's host-down file (offload hostcheck -h)
+  cache trim  remove cache entries until the cache fits its bound (for CGI mode; offload cache trim -h)
   version  print the version
 `)
 }

@@ -499,9 +499,12 @@ func (f *fill) commit(file *os.File, part, final string, small []byte) error {
 	if err := os.Rename(part, final); err != nil {
 		return fmt.Errorf("cache: commit %s: %w", f.key, err)
 	}
+	prev, _ := os.Readlink(curOf(final))
 	if err := setCurrent(final); err != nil {
 		// Only other processes look entries up by the pointer; the scan writes it again.
 		c.cfg.Logf("cache: commit %s: %v", f.key, err)
+	} else if c.cfg.Shared && prev != "" && prev != filepath.Base(final) {
+		removeUnused(filepath.Join(filepath.Dir(final), filepath.Base(prev))) // the version this one replaces
 	}
 	if dir, err := os.Open(filepath.Dir(final)); err == nil {
 		_ = c.fsync(dir)

@@ -236,13 +236,12 @@ func writeHits(f *os.File, n uint64) error {
 // counting at once may count one, as a sketch may). Writing also sets the file's mtime,
 // which trim reads as the key's last use.
 func (c *Cache) bumpHits(key string) {
-	path := c.lockPath(key)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	l, err := openLock(c.lockPath(key))
 	if err != nil {
 		return // best effort: the policy only loses one count
 	}
-	defer f.Close()
-	_ = writeHits(f, readHits(f)+1)
+	defer l.close()
+	_ = writeHits(l.f, readHits(l.f)+1)
 }
 
 var boot struct {
@@ -296,4 +295,17 @@ func genOf(path string) (int64, bool) {
 	}
 	g, err := strconv.ParseInt(name[nameLen+1:], 16, 64)
 	return g, err == nil
+}
+
+// removeUnused removes the file at path unless a process has it open with a flock
+// (in use); trim removes it later.
+func removeUnused(path string) {
+	f, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if alone, _ := tryFlock(f, unix.LOCK_EX); alone && sameFile(f, path) {
+		_ = os.Remove(path)
+	}
 }

@@ -414,9 +414,16 @@ func (f *fill) fillLocked() {
 	}
 	r, recOK := f.own.readRecord()
 	if f.file != nil {
-		// Took over the .part it followed: the record must still name it.
+		// Took over the .part it followed: the filler may have finished between the
+		// follower's last look and the lock (then the body is whole); else the .part
+		// must still be there, and the one the record names, if any.
 		path := f.file.f.Name()
-		if !recOK || partOfGen(f.own.path, r.gen) != path {
+		if st, err := f.file.f.Stat(); err == nil && st.Size() >= HeaderSize+f.meta.Size {
+			f.advance(f.meta.Size-f.landed(), false, nil)
+			f.complete()
+			return
+		}
+		if recOK && partOfGen(f.own.path, r.gen) != path || !sameFile(f.file.f, path) {
 			f.fail(&Error{Status: 502, Reason: "the fill in another process was abandoned"}, "", false)
 			f.dropSelf()
 			return

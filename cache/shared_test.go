@@ -43,7 +43,9 @@ func runChild(mode string) int {
 	}
 	c, err := Open(Config{Dir: os.Getenv("OFFLOAD_CHILD_DIR"), MaxBytes: maxBytes, Base: os.Getenv("OFFLOAD_CHILD_BASE"),
 		UserAgent: "offload/test", Timeout: 5 * time.Second, Shared: true,
-		Logf: func(f string, args ...any) { fmt.Fprintf(os.Stderr, "child %d: "+f+"\n", append([]any{os.Getpid()}, args...)...) }})
+		Logf: func(f string, args ...any) {
+			fmt.Fprintf(os.Stderr, "child %d: "+f+"\n", append([]any{os.Getpid()}, args...)...)
+		}})
 	if err != nil {
 		fmt.Printf("error %v\n", err)
 		return 1
@@ -463,5 +465,63 @@ func TestSharedHandleReader(t *testing.T) {
 	}
 	if _, err := io.ReadAll(h.Reader(context.Background(), 0, int64(len(data))+1)); err == nil {
 		t.Error("Reader past the end gave no error")
+	}
+}
+
+// TestSharedFollowsAFillerThatFinishes: a filler (here this test, holding the key's lock
+// as another process would) writes the rest of the body, commits and lets go of the
+// lock, at any moment relative to the follower's looks: the follower ends with the whole
+// body, never an error, and never asks the base for it.
+func TestSharedFollowsAFillerThatFinishes(t *testing.T) {
+	b := newResumeBase(t)
+	dir := t.TempDir()
+	c := openShared(t, b.URL, dir)
+	for i := range 8 {
+		path := fmt.Sprintf("/ff%d", i)
+		data := content(path, 2<<20, 1)
+		b.put(path, data, 1)
+		part := writePart(t, c, b, path, 1<<20) // 1 MiB written (and junk after it: cut it)
+		os.Truncate(part, HeaderSize+1<<20)
+		lk, err := openLock(c.lockPath(c.key(path)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, _ := lk.tryLock(); !ok {
+			t.Fatal("lock")
+		}
+		gen, _ := genOf(part)
+		lk.writeRecord(gen)
+		done := make(chan []byte)
+		go func() {
+			h, err := c.GetFrom(context.Background(), path, 0, 0)
+			if err != nil {
+				t.Error(err)
+				close(done)
+				return
+			}
+			defer h.Release()
+			got, err := io.ReadAll(h.Reader(context.Background(), 0, h.Meta.Size))
+			if err != nil {
+				t.Error(err)
+			}
+			done <- got
+		}()
+		time.Sleep(time.Duration(i) * 3 * time.Millisecond)
+		f, _ := os.OpenFile(part, os.O_WRONLY, 0)
+		f.WriteAt(data[1<<20:], HeaderSize+1<<20)
+		f.Close()
+		if i%2 == 0 {
+			time.Sleep(time.Duration(i) * time.Millisecond)
+		}
+		os.Rename(part, finalOf(part))
+		setCurrent(finalOf(part))
+		lk.clearRecord()
+		lk.close()
+		if got := <-done; !bytes.Equal(got, data) {
+			t.Fatalf("%s: %d bytes, equal %v", path, len(got), bytes.Equal(got, data))
+		}
+		if r := b.getRanges(path); len(r) != 0 {
+			t.Fatalf("%s: the follower asked the base: %q", path, r)
+		}
 	}
 }
