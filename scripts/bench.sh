@@ -5,7 +5,8 @@
 # issue #5 and writes bench-results.md (also printed). Takes a few minutes.
 #   scripts/bench.sh [OUTPUT.md]
 # Environment: ROUNDS (default 3), SLOW_CONNS (10000), SLOW_SECS (20), SLOW_RATE (4K),
-# COLD_MB (128: size of each of the 8 cold files of 5.), ONLY=cold (run 5. alone).
+# COLD_MB (128: size of each of the 8 cold files of 5.), ONLY=cold (run 5. alone),
+# ONLY=tls (run 6., HTTPS, alone), TLS_SLOW ("2000 9000": slow HTTPS downloads held in 6.).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench-results.md}
@@ -44,8 +45,14 @@ COLD_MB=${COLD_MB:-128}
 for i in 1 2 3 4 5 6 7 8; do head -c $((COLD_MB << 20)) /dev/urandom > "$work/www/disk$i.bin"; done
 chmod 644 "$work"/www/*
 
+# HTTPS: one ECDSA P-256 certificate for 127.0.0.1, used by both servers.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
+  -addext "subjectAltName=IP:127.0.0.1" -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+chmod 644 "$work/key.pem"  # nginx's workers read it as nobody when started as root
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BASE_PORT=$(free_port); NGINX_PORT=$(free_port); OFF_PORT=$(free_port); ADMIN_PORT=$(free_port)
+NGINX_TLS_PORT=$(free_port); OFF_TLS_PORT=$(free_port)
 
 # nginx: one worker, sendfile on. One instance is the base, another the peer under test.
 nginx_conf() { # name port
@@ -70,11 +77,13 @@ CONF
   pids+=($!)
 }
 nginx_conf base "$BASE_PORT"
-nginx_conf peer "$NGINX_PORT"
+PEER_TLS="listen 127.0.0.1:$NGINX_TLS_PORT ssl; ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem; ssl_protocols TLSv1.2 TLSv1.3;"
+nginx_conf peer "$NGINX_PORT" "$PEER_TLS"
 AIO_PORT=$(free_port)
 nginx_conf aio "$AIO_PORT" "aio threads;"
 start_offload() {
   "$work/offload" serve --base "http://127.0.0.1:$BASE_PORT" --listen "127.0.0.1:$OFF_PORT" --admin "127.0.0.1:$ADMIN_PORT" \
+    --tls-listen "127.0.0.1:$OFF_TLS_PORT" --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" --max-conns 20000 --max-conns-per-ip 0 \
     --cache "$work/cache" --max-dupes 0 --revalidate 1h --loops "${OFF_LOOPS:-1}" 2>> "$work/offload.log" &
   OFF_PID=$!
   pids+=($OFF_PID)
@@ -124,9 +133,62 @@ offload deferred $DEFER sends to its disk pool (offload_disk_deferrals_total).
 TABLE
 )
 }
+https_step() {
+  local offs="https://127.0.0.1:$OFF_TLS_PORT" ngxs="https://127.0.0.1:$NGINX_TLS_PORT"
+  echo "bench: 6. HTTPS (TLS 1.3, ECDSA P-256, userspace TLS in both): one 1 GiB download, 1 KiB keep-alive, new connections, slow downloads"
+  for f in 1k.bin 10m.bin 1g.bin; do curl -sf --cacert "$work/cert.pem" -o /dev/null "$offs/$f"; curl -sf --cacert "$work/cert.pem" -o /dev/null "$ngxs/$f"; done
+  : > "$work/tls_rows"
+  for _ in $(seq "$ROUNDS"); do
+    echo "t off $(curl -s --cacert "$work/cert.pem" -o /dev/null -w '%{speed_download}' "$offs/1g.bin")" >> "$work/tls_rows"
+    echo "t ngx $(curl -s --cacert "$work/cert.pem" -o /dev/null -w '%{speed_download}' "$ngxs/1g.bin")" >> "$work/tls_rows"
+    echo "k off $(wrk -t1 -c64 -d5s "$offs/1k.bin" | awk '/Requests\/sec/ {print $2}')" >> "$work/tls_rows"
+    echo "k ngx $(wrk -t1 -c64 -d5s "$ngxs/1k.bin" | awk '/Requests\/sec/ {print $2}')" >> "$work/tls_rows"
+    echo "h off $(wrk -t1 -c64 -d5s -H 'Connection: close' "$offs/1k.bin" | awk '/Requests\/sec/ {print $2}')" >> "$work/tls_rows"
+    echo "h ngx $(wrk -t1 -c64 -d5s -H 'Connection: close' "$ngxs/1k.bin" | awk '/Requests\/sec/ {print $2}')" >> "$work/tls_rows"
+  done
+  row() { awk -v k="$1" -v t="$2" '$1==k && $2==t {print $3}' "$work/tls_rows" | median; }
+  TT_OFF=$(row t off); TT_NGX=$(row t ngx); TK_OFF=$(row k off); TK_NGX=$(row k ngx); TH_OFF=$(row h off); TH_NGX=$(row h ngx)
+  TLS_TABLE=$(cat <<TABLE
+6. HTTPS (TLS 1.3, ECDSA P-256; this kernel has no kTLS, so both encrypt in userspace); offload --loops 1, nginx 1 worker; medians of $ROUNDS rounds.
+
+| measurement | offload | nginx | offload / nginx |
+| --- | --- | --- | --- |
+| one client, cached 1 GiB file (curl), MiB/s | $(awk -v v="$TT_OFF" 'BEGIN{printf "%.0f", v/1048576}') | $(awk -v v="$TT_NGX" 'BEGIN{printf "%.0f", v/1048576}') | $(ratio "$TT_OFF" "$TT_NGX") |
+| 1 KiB cached file, keep-alive, 64 conns (wrk -t1), req/s | $(printf '%.0f' "$TK_OFF") | $(printf '%.0f' "$TK_NGX") | $(ratio "$TK_OFF" "$TK_NGX") |
+| new connections (a handshake per request: wrk -t1 -c64, Connection: close), req/s | $(printf '%.0f' "$TH_OFF") | $(printf '%.0f' "$TH_NGX") | $(ratio "$TH_OFF" "$TH_NGX") |
+TABLE
+)
+  for n in ${TLS_SLOW:-2000 9000}; do
+    # Fresh processes, as in 3.
+    kill "$OFF_PID"; wait "$OFF_PID" 2>/dev/null || true
+    start_offload
+    curl -sf --cacert "$work/cert.pem" -o /dev/null -r 0-0 "$offs/10m.bin"
+    kill -QUIT "$(cat "$work/peer/nginx.pid")"; sleep 1
+    nginx_conf peer "$NGINX_PORT" "$PEER_TLS"; sleep 1
+    NGINX_WORKER=$(pgrep -P "$(cat "$work/peer/nginx.pid")" | head -1)
+    curl -sf --cacert "$work/cert.pem" -o /dev/null -r 0-0 "$ngxs/10m.bin"
+    "$work/offload" bench -c "$n" -d "${SLOW_SECS}s" --rate "$SLOW_RATE" --cacert "$work/cert.pem" --pid "$OFF_PID" --json "$offs/10m.bin" > "$work/tslow_off.json" || true
+    "$work/offload" bench -c "$n" -d "${SLOW_SECS}s" --rate "$SLOW_RATE" --cacert "$work/cert.pem" --pid "$NGINX_WORKER" --json "$ngxs/10m.bin" > "$work/tslow_ngx.json" || true
+    local so sn po pn
+    so=$(jget "$work/tslow_off.json" "['target_rss_per_connection_bytes']"); sn=$(jget "$work/tslow_ngx.json" "['target_rss_per_connection_bytes']")
+    po=$(jget "$work/tslow_off.json" "['peak_open_connections']"); pn=$(jget "$work/tslow_ngx.json" "['peak_open_connections']")
+    TLS_TABLE="$TLS_TABLE
+| RSS per download, $n slow HTTPS downloads of 10 MiB at $SLOW_RATE/s (peak open) | $(awk -v v="$so" 'BEGIN{printf "%.2f KiB", v/1024}') ($po) | $(awk -v v="$sn" 'BEGIN{printf "%.2f KiB", v/1024}') ($pn) | $(ratio "$so" "$sn") |"
+  done
+  HS=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^offload_tls_handshakes_total/ {printf "%s %s; ", $1, $2}')
+  TLS_TABLE="$TLS_TABLE
+
+offload's handshake counters after the slow runs: $HS"
+}
 jget() { python3 -c "import json,sys; d=json.load(open('$1')); print(d$2)"; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+if [ "${ONLY:-}" = tls ]; then
+  https_step
+  { echo "# offload benchmark results (HTTPS only)"; echo; echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, Linux $(uname -r), $("$NGINX" -v 2>&1 | sed 's/.*: //')."; echo; echo "$TLS_TABLE"; } > "$out"
+  cat "$out"
+  exit 0
+fi
 if [ "${ONLY:-}" = cold ]; then
   cold_disk
   { echo "# offload benchmark results (cold disk only)"; echo; echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, Linux $(uname -r)."; echo; echo "$COLD_TABLE"; } > "$out"
@@ -160,7 +222,7 @@ kill "$OFF_PID"; wait "$OFF_PID" 2>/dev/null || true
 start_offload
 curl -sf -o /dev/null -r 0-0 "$OFF/10m.bin"
 kill -QUIT "$(cat "$work/peer/nginx.pid")"; sleep 1
-nginx_conf peer "$NGINX_PORT"; sleep 1
+nginx_conf peer "$NGINX_PORT" "$PEER_TLS"; sleep 1
 NGINX_WORKER=$(pgrep -P "$(cat "$work/peer/nginx.pid")" | head -1)
 curl -sf -o /dev/null -r 0-0 "$NGX/10m.bin"
 "$work/offload" bench -c "$SLOW_CONNS" -d "${SLOW_SECS}s" --rate "$SLOW_RATE" --pid "$OFF_PID" --json "$OFF/10m.bin" > "$work/slow_off.json" || true
@@ -186,6 +248,7 @@ sleep 1
 P_GETS=$(grep -c '"GET /cold100m-paced.bin' "$work/base/access.log" || true)
 P_TTFB50=$(jget "$work/cold_paced.json" "['first_byte_ms']['P50']"); P_TTFB99=$(jget "$work/cold_paced.json" "['first_byte_ms']['P99']")
 cold_disk
+https_step
 BASE_TTFB=$(curl -s -o /dev/null -w '%{time_starttransfer}' -H 'X-Mod-Offload-Bypass: true' "http://127.0.0.1:$BASE_PORT/cold100m.bin" | awk '{printf "%.2f", $1*1000}')
 
 {
@@ -208,6 +271,8 @@ BASE_TTFB=$(curl -s -o /dev/null -w '%{time_starttransfer}' -H 'X-Mod-Offload-By
   echo "(the base's own time to first byte for that file: ${BASE_TTFB} ms)."
   echo
   echo "$COLD_TABLE"
+  echo
+  echo "$TLS_TABLE"
   echo
   echo "offload bench's own CPU during 3.: $(printf "%.0f" "$CPU_B")% of one core. Reproduce: \`scripts/bench.sh\`."
 } > "$out"
