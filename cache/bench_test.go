@@ -132,3 +132,69 @@ func BenchmarkScan100k(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkOpen is what a process pays to open the cache folder before its first
+// request, with 20,000 entries on disk: offload serve scans them; a shared cache (one
+// process per request in CGI mode) reads none.
+func BenchmarkOpen(b *testing.B) {
+	base := newTestBase(b)
+	dir := b.TempDir()
+	c, err := Open(Config{Dir: dir, MaxBytes: 1 << 40, Base: base.URL, Shared: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range 20_000 {
+		key := c.key("/f" + strconv.Itoa(i))
+		m := &Meta{Key: key, Size: 1, ETag: `"x"`, Stored: time.Now()}
+		hdr, _ := encodeHeader(m)
+		final := c.dataPath(key, int64(i+1))
+		os.MkdirAll(filepath.Dir(final), 0o755)
+		if err := os.WriteFile(final, append(hdr, 'x'), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		setCurrent(final)
+	}
+	c.Close()
+	for _, shared := range []bool{false, true} {
+		b.Run(map[bool]string{false: "serve", true: "shared"}[shared], func(b *testing.B) {
+			for b.Loop() {
+				c, err := Open(Config{Dir: dir, MaxBytes: 1 << 40, Base: base.URL, Shared: shared})
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.Close()
+			}
+		})
+	}
+}
+
+// BenchmarkSharedRequest is the cache's part of one CGI request for a cached 1 MiB
+// file: open the shared cache, HEAD the base (on loopback), open the entry by its name,
+// read the body, close.
+func BenchmarkSharedRequest(b *testing.B) {
+	base := newTestBase(b)
+	data := content("f", 1<<20, 1)
+	base.put("/f", data)
+	dir := b.TempDir()
+	cfg := Config{Dir: dir, MaxBytes: 1 << 30, Base: base.URL, Shared: true}
+	ctx := context.Background()
+	for b.Loop() {
+		c, err := Open(cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		h, err := c.Get(ctx, "/f")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n, err := io.Copy(io.Discard, h.Reader(ctx, 0, h.Meta.Size)); err != nil || n != int64(len(data)) {
+			b.Fatal(n, err)
+		}
+		h.Release()
+		c.Drain(ctx)
+		c.Close()
+	}
+	if _, gets := base.counts("/f"); gets != 1 {
+		b.Errorf("%d GETs", gets)
+	}
+}
