@@ -66,6 +66,35 @@ func (h *Head) Append(dst []byte) []byte {
 	return append(dst, "\r\n"...)
 }
 
+// Fields calls fn with the name and value of each header field Append writes, in the
+// same order, but Date, Server and Connection: those belong to whoever owns the
+// connection, as a web server does for a CGI program (offload cgi hands it these
+// fields and the status). The values are the ones Append writes, and the ones Append
+// leaves out for ValidHeaderValue are left out here too.
+func (h *Head) Fields(fn func(name, value string)) {
+	if h.ContentLength >= 0 {
+		fn("Content-Length", strconv.FormatInt(h.ContentLength, 10))
+	}
+	field := func(name, value string) {
+		if value != "" && ValidHeaderValue(value) {
+			fn(name, value)
+		}
+	}
+	field("Content-Type", h.ContentType)
+	field("ETag", h.ETag)
+	field("Last-Modified", h.LastModified)
+	if len(h.ContentRange) > 0 {
+		fn("Content-Range", string(h.ContentRange))
+	}
+	if h.AcceptRanges {
+		fn("Accept-Ranges", "bytes")
+	}
+	field("Location", h.Location)
+	field("Warning", h.Warning)
+	field("Allow", h.Allow)
+	field("Retry-After", h.RetryAfter)
+}
+
 func appendField(dst []byte, name, value string) []byte {
 	if value == "" || !ValidHeaderValue(value) {
 		return dst
