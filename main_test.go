@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -293,25 +295,28 @@ func TestPrivilegeDrop(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(cacheDir) })
 	os.Chmod(cacheDir, 0o755)
-	// A port below 1024: only root can bind it.
-	var d *daemon
-	for port := 900; port < 1000 && d == nil; port++ {
+	// Ports below 1024, HTTP and HTTPS: only root can bind them.
+	var low []string
+	for port := 900; port < 1000 && len(low) < 2; port++ {
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		if ln, err := net.Listen("tcp", addr); err == nil {
 			ln.Close()
-			admin := freePort(t, "127.0.0.1")
-			d = &daemon{url: "http://" + addr, admin: "http://" + admin, stderr: &syncBuffer{}}
-			d.cmd = exec.Command(offloadBin, "serve", "--listen", addr, "--admin", admin, "--base", b.url, "--cache", cacheDir, "--user", "nobody")
-			d.cmd.Stderr = d.stderr
-			if err := d.cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { d.cmd.Process.Kill(); d.cmd.Wait() })
+			low = append(low, addr)
 		}
 	}
-	if d == nil {
-		t.Skip("no free port below 1024")
+	if len(low) < 2 {
+		t.Skip("no two free ports below 1024")
 	}
+	cert, key := writeSelfSigned(t, cacheDir, "low", []string{"low.example.test"}, time.Now().Add(time.Hour))
+	admin := freePort(t, "127.0.0.1")
+	d := &daemon{url: "http://" + low[0], admin: "http://" + admin, stderr: &syncBuffer{}}
+	d.cmd = exec.Command(offloadBin, "serve", "--listen", low[0], "--tls-listen", low[1], "--tls-cert", cert, "--tls-key", key,
+		"--admin", admin, "--base", b.url, "--cache", filepath.Join(cacheDir, "cache"), "--user", "nobody")
+	d.cmd.Stderr = d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.cmd.Process.Kill(); d.cmd.Wait() })
 	waitFor(t, func() bool { _, code := shaQuiet(d.url + "/p.bin"); return code == 200 })
 	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
 	var uidLine string
@@ -322,6 +327,21 @@ func TestPrivilegeDrop(t *testing.T) {
 	}
 	if f := strings.Fields(uidLine); len(f) < 5 || f[1] == "0" || f[2] == "0" || f[3] == "0" || f[4] == "0" {
 		t.Fatalf("still root after --user nobody: %q\n%s", uidLine, d.stderr)
+	}
+	// The HTTPS listener bound before the drop serves after it.
+	pemBytes, _ := os.ReadFile(cert)
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pemBytes)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "low.example.test"}}}
+	resp, err := client.Get("https://" + low[1] + "/p.bin")
+	if err != nil {
+		t.Fatalf("HTTPS after the drop: %v\n%s", err, d.stderr)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != strings.Repeat("p", 9000) {
+		t.Fatalf("HTTPS after the drop: %d, %d bytes", resp.StatusCode, len(body))
 	}
 }
 
