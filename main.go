@@ -1,6 +1,6 @@
 // Command offload is the offload server of mod_offload, reimplemented: it serves big
 // static files that a base web server redirects to it, from a disk cache it fills from
-// the base. Subcommands: serve, demo, bench, version.
+// the base. Subcommands: serve, cgi, demo, bench, hostcheck, cache trim, version.
 package main
 
 import (
@@ -15,6 +15,9 @@ const version = "0.1.0"
 
 func main() {
 	proto.ServerName = "offload/" + version
+	if startedAsCGI() {
+		os.Exit(runCGI()) // its arguments, if any, come from the client: see startedAsCGI
+	}
 	if len(os.Args) < 2 {
 		usage()
 		os.Exit(2)
@@ -31,6 +34,13 @@ func main() {
 		code = runHostcheck(args)
 	case "cache":
 		code = runCache(args)
+	case "cgi":
+		if len(args) > 0 {
+			fmt.Fprintf(os.Stderr, "offload cgi: takes no arguments (the config file: $%s, or %s next to the program)\n", configEnv, cgiConfigName)
+			code = 2
+			break
+		}
+		code = runCGI()
 	case "version", "-version", "--version":
 		fmt.Println("offload", version)
 	case "help", "-h", "-help", "--help":
@@ -52,6 +62,7 @@ commands:
   bench    load-test an HTTP server (offload bench -h)
   hostcheck  probe offload hosts, keep the base's host-down file (offload hostcheck -h)
   cache trim  remove cache entries until the cache fits its bound (for CGI mode; offload cache trim -h)
+  cgi      answer one request as a CGI program of a web server (settings: $OFFLOAD_CONFIG or offload.conf next to the program)
   version  print the version
 `)
 }

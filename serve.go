@@ -148,8 +148,20 @@ func (p prefixFlag) Set(v string) error {
 }
 
 // parseServeConfig reads flags, then the --config file for every setting the command
-// line did not give. Errors name the setting (and the file's line).
+// line did not give, and loads the HTTPS certificates they name. Errors name the
+// setting (and the file's line).
 func parseServeConfig(args []string, stderr io.Writer) (*serveConfig, error) {
+	cfg, err := parseServeSettings(args, stderr)
+	if err != nil {
+		return nil, err
+	}
+	return cfg, cfg.loadCerts()
+}
+
+// parseServeSettings is parseServeConfig without loading certificates: offload cgi
+// reads the same settings and serves no HTTPS of its own (its web server does), so it
+// need not read, or be allowed to read, the daemon's keys.
+func parseServeSettings(args []string, stderr io.Writer) (*serveConfig, error) {
 	cfg := &serveConfig{
 		Listen:   []string{":80"},
 		Cache:    "/var/cache/offload",
@@ -207,7 +219,7 @@ func parseServeConfig(args []string, stderr io.Writer) (*serveConfig, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	return cfg, cfg.loadCerts()
+	return cfg, nil
 }
 
 // loadCerts loads and checks the HTTPS certificates the settings name.
