@@ -23,14 +23,16 @@ import (
 
 // cgiBase is the base server of the CGI tests: the files of a folder (with an ETag and
 // a fixed modification time, ranges and conditionals by net/http), and paths that
-// answer as bases refuse: 410, 403, 401, a redirect, and dynamic content. It counts
-// GETs per path.
+// answer as bases refuse: 410, 403, 401, a redirect, and dynamic content. Whole-file
+// GETs of files under /slow/ trickle, 64 KiB every 20 ms. It counts GETs and HEADs
+// per path.
 type cgiBase struct {
 	url string
 	dir string
 
-	mu   sync.Mutex
-	gets map[string]int
+	mu    sync.Mutex
+	gets  map[string]int
+	heads map[string]int
 }
 
 // cgiModTime is every file's modification time on the base.
@@ -38,7 +40,7 @@ var cgiModTime = time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
 
 func startCGIBase(t *testing.T, listen string) *cgiBase {
 	t.Helper()
-	b := &cgiBase{dir: t.TempDir(), gets: map[string]int{}}
+	b := &cgiBase{dir: t.TempDir(), gets: map[string]int{}, heads: map[string]int{}}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
@@ -70,11 +72,14 @@ func (b *cgiBase) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not from offload", 400)
 		return
 	}
-	if r.Method == http.MethodGet {
-		b.mu.Lock()
+	b.mu.Lock()
+	switch r.Method {
+	case http.MethodGet:
 		b.gets[r.URL.Path]++
-		b.mu.Unlock()
+	case http.MethodHead:
+		b.heads[r.URL.Path]++
 	}
+	b.mu.Unlock()
 	switch r.URL.Path {
 	case "/gone.iso":
 		http.Error(w, "gone", http.StatusGone)
@@ -103,7 +108,26 @@ func (b *cgiBase) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("ETag", etagOf(data))
+	if strings.HasPrefix(r.URL.Path, "/slow/") && r.Method == http.MethodGet && r.Header.Get("Range") == "" {
+		w.Header().Set("Content-Length", fmt.Sprint(len(data)))
+		w.Header().Set("Last-Modified", cgiModTime.Format(http.TimeFormat))
+		for i := 0; i < len(data); i += 64 << 10 {
+			if _, err := w.Write(data[i:min(i+64<<10, len(data))]); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			time.Sleep(20 * time.Millisecond)
+		}
+		return
+	}
 	http.ServeContent(w, r, r.URL.Path, cgiModTime, bytes.NewReader(data))
+}
+
+// headsOf is how many HEADs the base has had for path.
+func (b *cgiBase) headsOf(path string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.heads[path]
 }
 
 // getsOf is how many GETs the base has had for path.
@@ -254,7 +278,7 @@ func exchange(t *testing.T, addr string, b *cgiBase, tc cgiCase, vars *strings.R
 
 // compareAnswers reports every difference between offload serve's answer and the
 // CGI program's; apacheOwn compares only the status.
-func compareAnswers(t *testing.T, tc cgiCase, serve, cgiA cgiAnswer, apacheOwn bool, skipFields ...string) {
+func compareAnswers(t *testing.T, tc cgiCase, serve, cgiA cgiAnswer, apacheOwn bool) {
 	t.Helper()
 	if serve.status != cgiA.status {
 		t.Errorf("%s: status %d from serve, %d from cgi (body %q)", tc.name, serve.status, cgiA.status, cgiA.body[:min(len(cgiA.body), 200)])
@@ -264,9 +288,6 @@ func compareAnswers(t *testing.T, tc cgiCase, serve, cgiA cgiAnswer, apacheOwn b
 		return
 	}
 	for _, f := range comparedFields {
-		if strings.Contains(strings.Join(skipFields, ","), f) {
-			continue
-		}
 		if s, c := serve.header.Values(f), cgiA.header.Values(f); strings.Join(s, "|") != strings.Join(c, "|") {
 			t.Errorf("%s: %s: %q from serve, %q from cgi", tc.name, f, s, c)
 		}
