@@ -94,6 +94,12 @@ func (b *cgiBase) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/moved.iso":
 		http.Redirect(w, r, "http://elsewhere.example/new.iso", http.StatusMovedPermanently)
 		return
+	case "/broken.iso":
+		// A base that fails: the connection ends before any answer.
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.Close()
+		}
+		return
 	case "/dynamic.php":
 		w.Header().Set("Content-Type", "text/html")
 		if r.Method == http.MethodGet {
@@ -177,7 +183,7 @@ func cgiCases() (cases []cgiCase, files map[string][]byte) {
 		{name: "suffix range", req: get("/pub/big.bin", "Range: bytes=-500\r\n")},
 		{name: "multi range", req: get("/pub/big.bin", "Range: bytes=0-9,1000-1999,-7\r\n")},
 		{name: "unsatisfiable range", req: get("/pub/big.bin", "Range: bytes=5000000-\r\n")},
-		{name: "malformed range ignored", req: get("/pub/big.bin", "Range: bytes=abc\r\n")},
+		{name: "malformed range", req: get("/pub/big.bin", "Range: bytes=abc\r\n")},
 		{name: "If-None-Match matches", req: get("/pub/big.bin", "If-None-Match: {etag}\r\n")},
 		{name: "If-None-Match differs", req: get("/pub/big.bin", "If-None-Match: \"other\"\r\n")},
 		{name: "If-Modified-Since same", req: get("/pub/big.bin", "If-Modified-Since: {lm}\r\n")},
@@ -201,6 +207,7 @@ func cgiCases() (cases []cgiCase, files map[string][]byte) {
 		{name: "401 from the base is protected content", req: get("/private.iso")},
 		{name: "redirect from the base", req: get("/moved.iso")},
 		{name: "dynamic content", req: get("/dynamic.php")},
+		{name: "base fails", req: get("/broken.iso")},
 		{name: "query string", req: get("/pub/big.bin?x=1")},
 		{name: "empty query string", req: get("/pub/big.bin?")},
 		{name: "POST", req: "POST /pub/big.bin HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\r\na=b"},
@@ -449,6 +456,40 @@ func TestCGIConfig(t *testing.T) {
 	var ee *exec.ExitError
 	if !errorsAs(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "a web server runs this") {
 		t.Errorf("offload cgi outside a web server: %v %s", err, out)
+	}
+}
+
+// TestCGILocalCopy checks the docroot setting in CGI mode: a file of the local copy
+// that is the base's version is served from it, with no GET at the base; one that is
+// not is served from the cache.
+func TestCGILocalCopy(t *testing.T) {
+	b := startCGIBase(t, "127.0.0.1:0")
+	same, changed := bytes.Repeat([]byte("local copy "), 10000), bytes.Repeat([]byte("new version "), 10000)
+	b.write(t, "/pub/same.bin", same)
+	b.write(t, "/pub/changed.bin", changed)
+	dir := t.TempDir()
+	docroot := filepath.Join(dir, "www")
+	for name, data := range map[string][]byte{"pub/same.bin": same, "pub/changed.bin": changed[:1000]} {
+		p := filepath.Join(docroot, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		os.WriteFile(p, data, 0o644)
+		os.Chtimes(p, cgiModTime, cgiModTime)
+	}
+	conf := filepath.Join(dir, "offload.conf")
+	writeCGIConfig(t, conf, b.url, filepath.Join(dir, "cache"), "docroot = "+docroot)
+	for _, tc := range []struct {
+		path string
+		want []byte
+		gets int
+	}{{"/pub/same.bin", same, 0}, {"/pub/changed.bin", changed, 1}} {
+		out, stderr := runCGIProgram(t, offloadBin, nil, configEnv+"="+conf, "REQUEST_URI="+tc.path)
+		_, body, _ := strings.Cut(out, "\r\n\r\n")
+		if !strings.HasPrefix(out, "Status: 200 OK\r\n") || body != string(tc.want) {
+			t.Errorf("%s: %.80q (%d bytes of body); stderr %s", tc.path, out, len(body), stderr)
+		}
+		if n := b.getsOf(tc.path); n != tc.gets || b.headsOf(tc.path) != 1 {
+			t.Errorf("%s: %d GETs and %d HEADs at the base, want %d and 1", tc.path, n, b.headsOf(tc.path), tc.gets)
+		}
 	}
 }
 
