@@ -66,11 +66,11 @@ func BenchmarkFill(b *testing.B) {
 }
 
 // waitComplete waits, as a reader does, until the whole body has landed.
-func waitComplete(b *testing.B, h *Handle) {
+func waitComplete(tb testing.TB, h *Handle) {
 	for {
 		n, err := h.Available()
 		if err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		if n == h.Meta.Size {
 			return

@@ -330,6 +330,7 @@ func TestReaderWaitsForRangeNotLanded(t *testing.T) {
 	if !bytes.Equal(buf, data[want:want+1000]) {
 		t.Fatal("range bytes differ")
 	}
+	waitComplete(t, h) // committed before the test's folder is removed
 }
 
 func TestBaseDiesMidFill(t *testing.T) {

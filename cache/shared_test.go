@@ -80,6 +80,12 @@ func runChild(mode string) int {
 	return code
 }
 
+// childEnv is this process's environment for a child: under the race detector, a child
+// that exits would otherwise sleep a second first (GORACE's atexit_sleep_ms).
+func childEnv() []string {
+	return append(os.Environ(), "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
+}
+
 // child is a running child process and the lines it prints.
 type child struct {
 	cmd   *exec.Cmd
@@ -93,7 +99,7 @@ type child struct {
 func startChild(t *testing.T, mode, dir, base, path string, env ...string) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestSharedChild$")
-	cmd.Env = append(os.Environ(), "OFFLOAD_CHILD="+mode, "OFFLOAD_CHILD_DIR="+dir, "OFFLOAD_CHILD_BASE="+base,
+	cmd.Env = append(childEnv(), "OFFLOAD_CHILD="+mode, "OFFLOAD_CHILD_DIR="+dir, "OFFLOAD_CHILD_BASE="+base,
 		"OFFLOAD_CHILD_PATH="+path)
 	cmd.Env = append(cmd.Env, env...)
 	cmd.Stderr = os.Stderr
@@ -110,7 +116,6 @@ func startChild(t *testing.T, mode, dir, base, path string, env ...string) *chil
 	}
 	ch := &child{cmd: cmd, stdin: stdin, lines: make(chan string, 100), done: make(chan struct{})}
 	go func() {
-		defer close(ch.lines)
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			ch.mu.Lock()
@@ -118,9 +123,8 @@ func startChild(t *testing.T, mode, dir, base, path string, env ...string) *chil
 			ch.mu.Unlock()
 			ch.lines <- sc.Text()
 		}
-	}()
-	go func() {
-		cmd.Wait()
+		close(ch.lines)
+		cmd.Wait() // only once stdout is read to its end: Wait closes it
 		close(ch.done)
 	}()
 	t.Cleanup(func() {
@@ -139,7 +143,8 @@ func (ch *child) expect(t *testing.T, prefix string, timeout time.Duration) stri
 		select {
 		case l, ok := <-ch.lines:
 			if !ok {
-				t.Fatalf("child %d ended without %q: %q", ch.cmd.Process.Pid, prefix, ch.output())
+				<-ch.done
+				t.Fatalf("child %d ended (%v) without %q: %q", ch.cmd.Process.Pid, ch.cmd.ProcessState, prefix, ch.output())
 			}
 			if strings.HasPrefix(l, prefix) {
 				return l

@@ -38,12 +38,18 @@ func TestSlotChild(t *testing.T) {
 	os.Exit(0)
 }
 
+// childEnv is this process's environment for a child: under the race detector, a child
+// that exits would otherwise sleep a second first (GORACE's atexit_sleep_ms).
+func childEnv() []string {
+	return append(os.Environ(), "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
+}
+
 // slotChild starts a child that asks for a slot and returns what it said; the child
 // holds its slot until the test kills it or closes its stdin.
 func slotChild(t *testing.T, dir string, max int, path string) (*exec.Cmd, io.WriteCloser, string) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestSlotChild$")
-	cmd.Env = append(os.Environ(), "OFFLOAD_SLOT_DIR="+dir, "OFFLOAD_SLOT_MAX="+strconv.Itoa(max), "OFFLOAD_SLOT_PATH="+path)
+	cmd.Env = append(childEnv(), "OFFLOAD_SLOT_DIR="+dir, "OFFLOAD_SLOT_MAX="+strconv.Itoa(max), "OFFLOAD_SLOT_PATH="+path)
 	cmd.Stderr = os.Stderr
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
@@ -169,5 +175,37 @@ func TestSlotsSweep(t *testing.T) {
 	held.Release()
 	if sl, _ := s.Take(netip.MustParseAddr("10.0.0.1"), "/held"); sl == nil {
 		t.Fatal("slot not free after its release")
+	}
+}
+
+// TestSlotsRace: ten processes ask for the one slot of an address and path at once;
+// exactly one gets it.
+func TestSlotsRace(t *testing.T) {
+	dir := t.TempDir()
+	results := make(chan bool, 10)
+	for range 10 {
+		go func() {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestSlotChild$")
+			cmd.Env = append(childEnv(), "OFFLOAD_SLOT_DIR="+dir, "OFFLOAD_SLOT_MAX=1", "OFFLOAD_SLOT_PATH=/race.iso")
+			stdin, _ := cmd.StdinPipe()
+			stdout, _ := cmd.StdoutPipe()
+			if err := cmd.Start(); err != nil {
+				t.Error(err)
+				results <- false
+				return
+			}
+			t.Cleanup(func() { stdin.Close(); cmd.Wait() }) // holds its slot until every child has answered
+			line, _ := bufio.NewReader(stdout).ReadString('\n')
+			results <- line == "took\n"
+		}()
+	}
+	took := 0
+	for range 10 {
+		if <-results {
+			took++
+		}
+	}
+	if took != 1 {
+		t.Errorf("%d of 10 processes took the one slot", took)
 	}
 }
