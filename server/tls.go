@@ -59,9 +59,39 @@ var (
 	inputPool bytebufferpool.Pool
 )
 
-// maxClientHello is the largest first record taken: a TLS record's plaintext limit
+// maxClientHello is the largest ClientHello taken: a TLS record's plaintext limit
 // (RFC 8446 5.1), which a ClientHello with post-quantum key shares stays well under.
 const maxClientHello = 16 << 10
+
+// helloHere says whether buf begins with a whole ClientHello, which a client may split
+// over several records (RFC 8446 5.1); bad says it cannot be one: not handshake
+// records, an empty record, or a record or message over maxClientHello.
+func helloHere(buf []byte) (here, bad bool) {
+	var head [4]byte // the message's type and length
+	got := 0
+	for len(buf) >= 5 {
+		n := int(buf[3])<<8 | int(buf[4])
+		if buf[0] != 0x16 || n == 0 || n > maxClientHello {
+			return false, true
+		}
+		if len(buf) < 5+n {
+			return false, false
+		}
+		copy(head[min(got, 4):], buf[5:5+n])
+		got += n
+		if got >= 4 {
+			size := 4 + (int(head[1])<<16 | int(head[2])<<8 | int(head[3]))
+			if size > maxClientHello {
+				return false, true
+			}
+			if got >= size {
+				return true, false
+			}
+		}
+		buf = buf[5+n:]
+	}
+	return false, false
+}
 
 // errWouldBlock tells crypto/tls that no more input is here yet. It is a net.Error
 // whose Temporary is true, which crypto/tls does not keep as the connection's error.
@@ -240,15 +270,13 @@ func (c *conn) handshake() (act gnet.Action, done bool) {
 			}
 			return gnet.Close, false
 		}
-		// The goroutine starts once the first record (the ClientHello) is all here,
-		// so a client that sends a few bytes and stalls holds no goroutine, only its
-		// bytes in gnet's buffer, until the head timeout closes it.
-		if len(buf) < 5 {
-			return gnet.None, false
-		}
-		if n := int(buf[3])<<8 | int(buf[4]); n > maxClientHello {
+		// The goroutine starts once the whole ClientHello is here, so a client that
+		// sends part of it and stalls holds no goroutine, only its bytes in gnet's
+		// buffer, until the head timeout closes it.
+		switch here, bad := helloHere(buf); {
+		case bad || !here && len(buf) > maxInbound: // tiny records: the input bound holds
 			return gnet.Close, false
-		} else if len(buf) < 5+n {
+		case !here:
 			return gnet.None, false
 		}
 		fd, err := unix.FcntlInt(uintptr(c.gc.Fd()), unix.F_DUPFD_CLOEXEC, 0)

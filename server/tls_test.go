@@ -1,11 +1,8 @@
 package server
 
 import (
+	"bufio"
 	"context"
-	"fmt"
-	"io"
-	"strings"
-
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -13,15 +10,20 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"github.com/modoffload/offload/cache"
-	"github.com/modoffload/offload/limiter"
+	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/modoffload/offload/cache"
+	"github.com/modoffload/offload/limiter"
 )
 
 // The HTTPS side of the tests. Every test that runs through start, dial, httpGet and
@@ -193,5 +195,145 @@ func TestPlainHTTPToTLSPort(t *testing.T) {
 func TestTLSTrimFindsItsFields(t *testing.T) {
 	if len(tlsBufferOffsets) != 2 {
 		t.Fatalf("crypto/tls's rawInput and hand not found (%d of 2): trimTLS does nothing with this Go", len(tlsBufferOffsets))
+	}
+}
+
+// clientHello is the first record crypto/tls's client sends: its ClientHello.
+func clientHello(t *testing.T) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go tls.Client(a, &tls.Config{ServerName: "localhost"}).Handshake()
+	rec := make([]byte, 5)
+	if _, err := io.ReadFull(b, rec); err != nil {
+		t.Fatal(err)
+	}
+	rec = append(rec, make([]byte, int(rec[3])<<8|int(rec[4]))...)
+	if _, err := io.ReadFull(b, rec[5:]); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// splitRecord is a handshake record's message cut into records of at most size bytes.
+func splitRecord(rec []byte, size int) []byte {
+	var out []byte
+	for msg := rec[5:]; len(msg) > 0; {
+		k := min(size, len(msg))
+		out = append(out, rec[0], rec[1], rec[2], byte(k>>8), byte(k))
+		out = append(out, msg[:k]...)
+		msg = msg[k:]
+	}
+	return out
+}
+
+// splitHelloConn is a client connection that sends its ClientHello split into records
+// of 200 bytes, as TLS allows (RFC 8446 5.1).
+type splitHelloConn struct {
+	net.Conn
+	sent bool
+}
+
+func (c *splitHelloConn) Write(p []byte) (int, error) {
+	if c.sent || len(p) < 5 || p[0] != 0x16 || len(p) != 5+(int(p[3])<<8|int(p[4])) {
+		return c.Conn.Write(p)
+	}
+	c.sent = true
+	if _, err := c.Conn.Write(splitRecord(p, 200)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// TestTLSHalfClientHello: clients that send part of a ClientHello and stall are closed
+// at the head timeout, and meanwhile hold no goroutine (a handshake starts only once
+// the whole ClientHello is here), whether the hello is cut inside its record or split
+// over several records of which only the first came. Its twin: a whole ClientHello
+// split over records is served.
+func TestTLSHalfClientHello(t *testing.T) {
+	const headTimeout = time.Second
+	tlsMode = true
+	s := start(t, newBase(t), func(c *Config, _ *limiter.Config, _ *cache.Config) { c.HeaderTimeout = headTimeout })
+	tlsMode = false
+	hello := clientHello(t)
+	split := splitRecord(hello, 200)
+	for _, tc := range []struct {
+		name string
+		sent []byte
+	}{
+		{"cut inside its record", hello[:len(hello)/2]},
+		{"split over records, the first only", split[:205]},
+		{"split over records, all but the last", split[:len(split)-10]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			time.Sleep(100 * time.Millisecond) // the last case's connections are gone
+			before := runtime.NumGoroutine()
+			began := time.Now()
+			var conns []net.Conn
+			for range 20 {
+				conn, err := net.Dial("tcp", s.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				conn.Write(tc.sent)
+				conns = append(conns, conn)
+			}
+			time.Sleep(headTimeout / 2)
+			if during := runtime.NumGoroutine(); during > before+5 {
+				t.Errorf("%d goroutines while 20 clients stall in their ClientHello, %d before", during, before)
+			}
+			for _, conn := range conns {
+				conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.ReadAll(conn); err != nil {
+					t.Fatalf("not closed: %v", err)
+				}
+			}
+			if took := time.Since(began); took < headTimeout || took > headTimeout+2*time.Second {
+				t.Errorf("closed after %v; the head timeout is %v", took, headTimeout)
+			}
+		})
+	}
+	t.Run("split over records, whole", func(t *testing.T) {
+		raw, err := net.Dial("tcp", s.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn := tls.Client(&splitHelloConn{Conn: raw}, &tls.Config{RootCAs: testRoots, ServerName: "localhost"})
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(conn, "GET /robots.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("a ClientHello over several records: %v", err)
+		}
+	})
+}
+
+func TestHelloHere(t *testing.T) {
+	hello := clientHello(t)
+	for _, tc := range []struct {
+		name      string
+		buf       []byte
+		here, bad bool
+	}{
+		{"one record", hello, true, false},
+		{"one record and more", append(append([]byte(nil), hello...), 0x14, 3, 3, 0, 1, 1), true, false},
+		{"a record header only", hello[:5], false, false},
+		{"cut inside its record", hello[:len(hello)-1], false, false},
+		{"records of one byte", splitRecord(hello, 1), true, false},
+		{"records of one byte, the last missing", splitRecord(hello, 1)[:6*(len(hello)-5)-6], false, false},
+		{"message header split over records", splitRecord(hello, 3)[:8+3], false, false},
+		{"an empty record", []byte{0x16, 3, 1, 0, 0}, false, true},
+		{"a record over 16 KiB", []byte{0x16, 3, 1, 0x40, 1}, false, true},
+		{"a message over 16 KiB", []byte{0x16, 3, 1, 0, 4, 1, 0, 0x40, 1}, false, true},
+		{"not a handshake record after the first", append(splitRecord(hello, 100)[:105], 0x17, 3, 3, 0, 1, 0), false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if here, bad := helloHere(tc.buf); here != tc.here || bad != tc.bad {
+				t.Errorf("helloHere: here %v bad %v, want %v %v", here, bad, tc.here, tc.bad)
+			}
+		})
 	}
 }
