@@ -99,12 +99,17 @@ func runCGI() int {
 	if err := cgi.Serve(h); err != nil && !h.clientGone(err) {
 		logger.Print(err)
 	}
-	// The answer is complete: end it for the web server, then let a fill this process
-	// leads go on for the processes that follow it, until the fill ends or the web
-	// server ends the process.
+	// The answer is complete: end it for the web server now. mod_cgid hands the program
+	// one socket as both stdin and stdout, so the answer ends only once both are closed;
+	// until then Apache would hold the client's connection, through a whole fill that
+	// an answer to a small range left running. Then let a fill this process leads go
+	// on, until it ends or the web server ends the process (mod_cgid: SIGTERM once the
+	// request is over); a fill left midway is taken over by the next process that asks
+	// for its file, with a Range request for the rest.
 	os.Stdout.Close()
+	os.Stdin.Close()
 	if err := c.Drain(ctx); err != nil {
-		logger.Printf("fill left to the processes that follow it: %v", err)
+		logger.Printf("ended while filling: the next request for the file takes the fill over (%v)", err)
 	}
 	return 0
 }

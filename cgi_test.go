@@ -30,9 +30,10 @@ type cgiBase struct {
 	url string
 	dir string
 
-	mu    sync.Mutex
-	gets  map[string]int
-	heads map[string]int
+	mu     sync.Mutex
+	gets   map[string]int
+	heads  map[string]int
+	ranged map[string]int // GETs with a Range header
 }
 
 // cgiModTime is every file's modification time on the base.
@@ -40,7 +41,7 @@ var cgiModTime = time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
 
 func startCGIBase(t *testing.T, listen string) *cgiBase {
 	t.Helper()
-	b := &cgiBase{dir: t.TempDir(), gets: map[string]int{}, heads: map[string]int{}}
+	b := &cgiBase{dir: t.TempDir(), gets: map[string]int{}, heads: map[string]int{}, ranged: map[string]int{}}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
@@ -76,6 +77,9 @@ func (b *cgiBase) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.Method {
 	case http.MethodGet:
 		b.gets[r.URL.Path]++
+		if r.Header.Get("Range") != "" {
+			b.ranged[r.URL.Path]++
+		}
 	case http.MethodHead:
 		b.heads[r.URL.Path]++
 	}
@@ -127,6 +131,13 @@ func (b *cgiBase) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.ServeContent(w, r, r.URL.Path, cgiModTime, bytes.NewReader(data))
+}
+
+// rangedOf is how many GETs with a Range header the base has had for path.
+func (b *cgiBase) rangedOf(path string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ranged[path]
 }
 
 // headsOf is how many HEADs the base has had for path.
