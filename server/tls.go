@@ -239,10 +239,8 @@ func (c *conn) handshake() (act gnet.Action, done bool) {
 	t := c.tls
 	if t.done.Load() {
 		if t.err != nil {
-			c.srv.metrics.handshakes.WithLabelValues("failed").Inc()
 			return gnet.Close, false
 		}
-		c.srv.metrics.handshakes.WithLabelValues("ok").Inc()
 		if t.tc.ConnectionState().NegotiatedProtocol == "acme-tls/1" {
 			return gnet.Close, false // an ACME CA's validation: it needs the certificate only
 		}
@@ -289,6 +287,13 @@ func (c *conn) handshake() (act gnet.Action, done bool) {
 		go func() {
 			err := t.tc.Handshake()
 			unix.Close(fd)
+			// Counted here, not on the loop: a connection closed meanwhile (a client
+			// that resets midway, or closes right after its Finished) never gets there.
+			result := "ok"
+			if err != nil {
+				result = "failed"
+			}
+			c.srv.metrics.handshakes.WithLabelValues(result).Inc()
 			t.err = err
 			t.done.Store(true)
 			c.wake()

@@ -337,3 +337,87 @@ func TestHelloHere(t *testing.T) {
 		})
 	}
 }
+
+// handshakes reads offload_tls_handshakes_total{result=result}.
+func handshakes(t *testing.T, s *Server, result string) float64 {
+	t.Helper()
+	families, err := s.metrics.registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "offload_tls_handshakes_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == result {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// TestTLSHandshakesCounted: every handshake begun is counted once, as ok or failed,
+// however it ends: done, refused by crypto/tls, or cut by the client's reset midway
+// (which closes the connection before the loop hears how the handshake went).
+func TestTLSHandshakesCounted(t *testing.T) {
+	tlsMode = true
+	s := start(t, newBase(t), nil)
+	tlsMode = false
+	hello := clientHello(t)
+	for _, tc := range []struct {
+		name   string
+		result string
+		client func(t *testing.T)
+	}{
+		{"done", "ok", func(t *testing.T) {
+			conn, err := dialTLS(s.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn.Close()
+		}},
+		{"garbage after the hello", "failed", func(t *testing.T) {
+			conn, err := net.Dial("tcp", s.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.Write(append(append([]byte(nil), hello...), 0x16, 3, 3, 0, 4, 0xff, 0xff, 0xff, 0xff))
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			io.ReadAll(conn)
+		}},
+		{"reset before the client's Finished", "failed", func(t *testing.T) {
+			raw, err := net.Dial("tcp", s.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The client checks the server's certificate once the server's whole flight
+			// is in, before it sends its Finished: the server waits for that then.
+			checking := make(chan struct{})
+			cut := make(chan struct{})
+			conn := tls.Client(raw, &tls.Config{RootCAs: testRoots, ServerName: "localhost",
+				VerifyConnection: func(tls.ConnectionState) error { close(checking); <-cut; return io.EOF }})
+			done := make(chan struct{})
+			go func() { conn.Handshake(); close(done) }()
+			<-checking
+			resetConn(raw)
+			close(cut)
+			<-done
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want := handshakes(t, s.Server, tc.result) + 1
+			tc.client(t)
+			waitFor(t, "the handshake counted", func() bool { return handshakes(t, s.Server, tc.result) == want })
+		})
+	}
+}
+
+// dialTLS opens an HTTPS connection to the test server, handshake done.
+func dialTLS(addr string) (*tls.Conn, error) {
+	return tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, &tls.Config{RootCAs: testRoots, ServerName: "localhost"})
+}
