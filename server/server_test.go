@@ -662,6 +662,13 @@ func TestAccessLogAndMetrics(t *testing.T) {
 	if !strings.Contains(string(line), want) || !strings.HasPrefix(string(line), "127.0.0.1 - - [") {
 		t.Errorf("log line %q lacks %q", line, want)
 	}
+	scheme, listener := "http", "http"
+	if tlsMode {
+		scheme, listener = "https", "https"
+	}
+	if !strings.HasSuffix(string(line), `" `+scheme+"\n") {
+		t.Errorf("log line %q does not end with the scheme %s", line, scheme)
+	}
 	rec := &strings.Builder{}
 	srv := &http.Server{Handler: s.AdminHandler()}
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
@@ -673,7 +680,9 @@ func TestAccessLogAndMetrics(t *testing.T) {
 	}
 	io.Copy(rec, mresp.Body)
 	for _, m := range []string{`offload_requests_total{status="200"} 1`, "offload_sent_bytes_total 1000",
-		"offload_cache_misses_total 1", "offload_upstream_gets_total 1", "offload_active_connections"} {
+		"offload_cache_misses_total 1", "offload_upstream_gets_total 1", "offload_active_connections",
+		`offload_listener_requests_total{listener="` + listener + `"} 1`,
+		`offload_listener_sent_bytes_total{listener="` + listener + `"} 1000`} {
 		if !strings.Contains(rec.String(), m) {
 			t.Errorf("metrics lack %q", m)
 		}
