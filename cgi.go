@@ -52,8 +52,9 @@ func runCGI() int {
 		fmt.Fprintln(os.Stderr, "offload cgi: no request: a web server runs this as a CGI program (see \"CGI mode\" in the README)")
 		return 2
 	}
-	// A client that leaves makes writes to stdout fail with EPIPE, rather than kill the
-	// process with SIGPIPE, so a fill this process leads can go on for its followers.
+	// A client that leaves makes writes to stdout fail with EPIPE rather than kill the
+	// process with SIGPIPE: it ends its own way, its slot freed, a fill it leads
+	// checkpointed for whoever takes it over.
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	// The web server ends the process with SIGTERM once the request is over (mod_cgid
 	// does, 3 s before a SIGKILL), and when the client leaves.
