@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -19,6 +20,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -420,4 +422,167 @@ func TestTLSHandshakesCounted(t *testing.T) {
 // dialTLS opens an HTTPS connection to the test server, handshake done.
 func dialTLS(addr string) (*tls.Conn, error) {
 	return tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, &tls.Config{RootCAs: testRoots, ServerName: "localhost"})
+}
+
+// dialTLSSmall opens an HTTPS connection whose receive buffer is small from the start.
+// (Shrinking it later, once the window has grown, makes Linux pace the sender by its
+// zero-window probes, about 150 KB/s, over HTTP as over HTTPS.)
+func dialTLSSmall(t *testing.T, addr string, rcvbuf int) *tls.Conn {
+	t.Helper()
+	d := &net.Dialer{Timeout: 10 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf) })
+		return nil
+	}}
+	conn, err := tls.DialWithDialer(d, "tcp", addr, &tls.Config{RootCAs: testRoots, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// TestTLSIdleAfterHandshake: a client that completes its handshake and sends no request
+// is closed at the idle timeout (not the longer head timeout); its twin, which asks
+// within it, is answered.
+func TestTLSIdleAfterHandshake(t *testing.T) {
+	const idleTimeout = 500 * time.Millisecond
+	tlsMode = true
+	s := start(t, newBase(t), func(c *Config, _ *limiter.Config, _ *cache.Config) {
+		c.IdleTimeout, c.HeaderTimeout = idleTimeout, 10*time.Second
+	})
+	tlsMode = false
+	idle := dialTLSSmall(t, s.addr, 64<<10)
+	began := time.Now()
+	asks := dialTLSSmall(t, s.addr, 64<<10)
+	time.Sleep(idleTimeout / 2)
+	asks.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(asks, "GET /robots.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, err := http.ReadResponse(bufio.NewReader(asks), nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("a request within the idle timeout: %v", err)
+	}
+	idle.SetReadDeadline(time.Now().Add(8 * time.Second))
+	if n, err := io.Copy(io.Discard, idle); err != nil || n != 0 {
+		t.Fatalf("idle after its handshake: %d bytes, %v", n, err)
+	}
+	if took := time.Since(began); took < idleTimeout || took > idleTimeout+2*time.Second {
+		t.Errorf("closed %v after its handshake; the idle timeout is %v", took, idleTimeout)
+	}
+}
+
+// TestTLSStalledReaderDropped: an HTTPS client that stops reading a big body is dropped
+// at the send timeout, as a plain one is; its twin, which reads a little within every
+// timeout, gets the whole body however long it takes.
+func TestTLSStalledReaderDropped(t *testing.T) {
+	const timeout = time.Second
+	tlsMode = true
+	b := newBase(t)
+	data := randomBytes(6 << 20)
+	b.write(t, "/big.bin", data)
+	s := start(t, b, func(c *Config, l *limiter.Config, _ *cache.Config) {
+		c.Timeout = timeout
+		l.MaxDupes = 0
+	})
+	tlsMode = false
+	httpGet(t, s.url+"/big.bin") // cached
+	http.DefaultClient.CloseIdleConnections()
+
+	slow := dialTLSSmall(t, s.addr, 16<<10)
+	stalled := dialTLSSmall(t, s.addr, 16<<10)
+	fmt.Fprintf(stalled, "GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+	began := time.Now()
+	fmt.Fprintf(slow, "GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+	slowBody := make(chan []byte, 1)
+	go func() {
+		slow.SetReadDeadline(time.Now().Add(60 * time.Second))
+		br := bufio.NewReader(slow)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			slowBody <- nil
+			return
+		}
+		var got []byte
+		buf := make([]byte, 512<<10)
+		for {
+			// Half a timeout between reads, each of at most 512 KiB: 6 MiB take 6 s.
+			time.Sleep(timeout / 2)
+			n, err := io.ReadFull(resp.Body, buf)
+			got = append(got, buf[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		slowBody <- got
+	}()
+	// The stalled one is gone within the timeout (and the sweeper's period) once its
+	// socket is full, which takes a moment: its slot is free, its connection closed.
+	waitFor(t, "the stalled reader dropped", func() bool { return s.cfg.Limiter.Conns() == 1 })
+	if took := time.Since(began); took < timeout || took > timeout+2*time.Second {
+		t.Errorf("the stalled reader dropped %v after its request; the send timeout is %v", took, timeout)
+	} else {
+		t.Logf("the stalled reader dropped %v after its request", took.Round(10*time.Millisecond))
+	}
+	stalled.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, _ := io.Copy(io.Discard, stalled); n >= int64(len(data)) {
+		t.Errorf("the stalled reader got %d bytes: the whole body", n)
+	}
+	if got := <-slowBody; !bytes.Equal(got, data) {
+		t.Errorf("the slow reader got %d of %d bytes, or other bytes", len(got), len(data))
+	}
+}
+
+// TestTLSShutdownWaitsForDownload: Shutdown lets an HTTPS download under way run to its
+// last byte, then closes its connection and returns.
+func TestTLSShutdownWaitsForDownload(t *testing.T) {
+	tlsMode = true
+	b := newBase(t)
+	data := randomBytes(8 << 20)
+	b.write(t, "/dl.bin", data)
+	s := start(t, b, noCap)
+	tlsMode = false
+	httpGetWithin(t, 20*time.Second, s.url+"/dl.bin") // cached
+
+	conn := dialTLSSmall(t, s.addr, 64<<10)
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(conn, "GET /dl.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("download: %v", err)
+	}
+	waitFor(t, "the download under way", func() bool { return s.Downloads() == 1 })
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		done <- s.Shutdown(ctx)
+	}()
+	// Read slowly: 256 KiB every 50 ms, about 1.6 s in all.
+	var got []byte
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := io.ReadFull(resp.Body, buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			break
+		}
+		if len(got) == 4<<20 {
+			select {
+			case <-done:
+				t.Fatal("Shutdown returned halfway through a download")
+			default:
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("download under way at Shutdown: %d of %d bytes, or other bytes", len(got), len(data))
+	}
+	if n, err := br.Read(buf); n != 0 || err != io.EOF {
+		t.Errorf("after the download: %d bytes, %v; want the connection closed", n, err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return after the download ended")
+	}
 }
