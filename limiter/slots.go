@@ -6,10 +6,11 @@ package limiter
 // named by a hash of the address and the path. The kernel drops the lock with the
 // download's process, however it ends, so a crash never leaves a slot taken.
 //
-// Slot files are empty and stay after their download (removing one another process is
-// about to lock would let two downloads hold "one" slot); Sweep removes those nobody
-// holds. Whoever takes a slot checks, holding the lock, that the file it locked is still
-// the one at the path, and takes the path again when Sweep removed it meanwhile.
+// Slot files are empty. A file is removed only by whoever holds its lock: the download
+// that releases it (else every address and path ever asked for would keep an inode under
+// the folder), and Sweep, for those a killed process left. Whoever takes a slot checks,
+// holding the lock, that the file it locked is still the one at the path, and takes the
+// path again when it was removed meanwhile; so no two downloads ever hold "one" slot.
 
 import (
 	"crypto/sha256"
@@ -47,12 +48,17 @@ func NewSlots(dir string, max int) (*Slots, error) {
 
 // Slot is one download's place. Release it when the download ends.
 type Slot struct {
-	f *os.File
+	f    *os.File
+	path string
 }
 
-// Release frees the slot.
+// Release frees the slot and removes its file, still holding the lock: one who opened it
+// meanwhile finds, once it has the lock, that the file is no longer at the path.
 func (s *Slot) Release() {
 	if s != nil && s.f != nil {
+		if sameFile(s.f, s.path) {
+			_ = os.Remove(s.path)
+		}
 		s.f.Close() // drops the flock
 		s.f = nil
 	}
@@ -70,19 +76,21 @@ func (s *Slots) Take(client netip.Addr, path string) (*Slot, error) {
 			return nil, err
 		}
 		if f != nil {
-			return &Slot{f: f}, nil
+			return &Slot{f: f, path: p}, nil
 		}
 	}
 	return nil, nil
 }
 
-// lockSlot takes the slot file p without waiting: nil when another holds it.
+// lockSlot takes the slot file p without waiting: nil when another holds it. Never
+// through a symlink, which O_CREAT would follow to make a file wherever it points.
 func lockSlot(p string) (*os.File, error) {
+	const flags = os.O_RDONLY | os.O_CREATE | unix.O_NOFOLLOW
 	for range 8 {
-		f, err := os.OpenFile(p, os.O_RDONLY|os.O_CREATE, 0o644)
+		f, err := os.OpenFile(p, flags, 0o644)
 		if errors.Is(err, fs.ErrNotExist) {
 			if err = os.MkdirAll(filepath.Dir(p), 0o755); err == nil {
-				f, err = os.OpenFile(p, os.O_RDONLY|os.O_CREATE, 0o644)
+				f, err = os.OpenFile(p, flags, 0o644)
 			}
 		}
 		if err != nil {
@@ -101,8 +109,8 @@ func lockSlot(p string) (*os.File, error) {
 	return nil, fmt.Errorf("limiter: slot %s keeps being replaced", p)
 }
 
-// Sweep removes the slot files nobody holds that were made more than age ago, and
-// reports how many it removed.
+// Sweep removes the slot files nobody holds that were made more than age ago (left by
+// a process killed before its Release), and reports how many it removed.
 func (s *Slots) Sweep(age time.Duration) (int, error) {
 	removed := 0
 	err := filepath.WalkDir(s.dir, func(p string, d fs.DirEntry, err error) error {

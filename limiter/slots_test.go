@@ -2,6 +2,8 @@ package limiter
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"io"
 	"math/rand/v2"
 	"net/netip"
@@ -158,7 +160,7 @@ func TestSlotsSweep(t *testing.T) {
 	s, _ := NewSlots(dir, 1)
 	held, _ := s.Take(netip.MustParseAddr("10.0.0.1"), "/held")
 	free, _ := s.Take(netip.MustParseAddr("10.0.0.1"), "/free")
-	free.Release()
+	free.f.Close() // its process killed: the kernel drops the lock, the file stays
 	if n, err := s.Sweep(time.Hour); n != 0 || err != nil {
 		t.Fatalf("swept %d young slots: %v", n, err)
 	}
@@ -207,5 +209,68 @@ func TestSlotsRace(t *testing.T) {
 	}
 	if took != 1 {
 		t.Errorf("%d of 10 processes took the one slot", took)
+	}
+}
+
+// TestSlotsReleaseRemoves: a client that asks for many paths (files, 404s, anything)
+// leaves no slot file behind once its downloads end; without it, every address and path
+// ever asked for kept an inode under slots/ until the next trim, and forever without one.
+func TestSlotsReleaseRemoves(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := NewSlots(dir, 2)
+	client := netip.MustParseAddr("10.0.0.1")
+	for i := range 200 {
+		a, err := s.Take(client, "/f"+strconv.Itoa(i))
+		if a == nil || err != nil {
+			t.Fatalf("take %d: %v, %v", i, a, err)
+		}
+		b, _ := s.Take(client, "/f"+strconv.Itoa(i))
+		if b == nil {
+			t.Fatalf("second slot of /f%d refused", i)
+		}
+		if c, _ := s.Take(client, "/f"+strconv.Itoa(i)); c != nil {
+			t.Fatalf("third slot of /f%d taken with max 2", i)
+		}
+		b.Release()
+		a.Release()
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "*", "*")); len(left) != 0 {
+		t.Fatalf("%d slot files left after every download ended, e.g. %s", len(left), left[0])
+	}
+	// A slot released while another process holds the path's other slot: the holder's
+	// file stays, and the cap still counts it.
+	held, _ := s.Take(client, "/x")
+	free, _ := s.Take(client, "/x")
+	free.Release()
+	if again, _ := s.Take(client, "/x"); again == nil {
+		t.Fatal("released slot not free")
+	} else if third, _ := s.Take(client, "/x"); third != nil {
+		t.Fatal("cap of 2 exceeded after a release")
+	} else {
+		again.Release()
+	}
+	held.Release()
+}
+
+// TestSlotsSymlinkNotFollowed: a slot file planted as a symlink, in a folder someone
+// else can write, makes no file where it points (O_CREAT follows a dangling symlink and
+// creates its target); the download is let through, as for any slot error.
+func TestSlotsSymlinkNotFollowed(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := NewSlots(dir, 1)
+	client := netip.MustParseAddr("10.0.0.1")
+	sum := sha256.Sum256([]byte(client.String() + "\x00" + "/f"))
+	name := hex.EncodeToString(sum[:16])
+	p := filepath.Join(dir, name[:2], name+".0")
+	os.MkdirAll(filepath.Dir(p), 0o755)
+	victim := filepath.Join(t.TempDir(), "made-by-offload")
+	if err := os.Symlink(victim, p); err != nil {
+		t.Fatal(err)
+	}
+	sl, err := s.Take(client, "/f")
+	t.Logf("take through a planted symlink: %v, %v", sl, err)
+	sl.Release()
+	if _, err := os.Lstat(victim); err == nil {
+		t.Fatal("a slot created the file a planted symlink names")
 	}
 }
