@@ -239,7 +239,7 @@ func TestPathsNeverReachOtherTargets(t *testing.T) {
 func TestPipelineWithoutReadingIsClosed(t *testing.T) {
 	b := newBase(t)
 	s := start(t, b, nil)
-	conn, err := net.Dial("tcp", s.addr)
+	conn, err := dialPlainOrTLS(s.addr)
 	if err != nil {
 		t.Fatal(err)
 	}

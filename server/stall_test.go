@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -28,7 +29,7 @@ func TestInputDoesNotRenewTheSendTimeout(t *testing.T) {
 	})
 	httpGet(t, s.url+"/m.bin")
 	httpGet(t, s.url+"/m.bin") // in memory now
-	conn, err := net.Dial("tcp", s.addr)
+	conn, err := dialPlainOrTLS(s.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +74,7 @@ func TestStalledReaderOfAFillIsDropped(t *testing.T) {
 	})
 	var conns []net.Conn
 	for range 20 {
-		conn, err := net.Dial("tcp", s.addr)
+		conn, err := dialPlainOrTLS(s.addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -128,7 +129,13 @@ func TestSlowReaderOfAClosingAnswerGetsItAll(t *testing.T) {
 		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048) })
 		return nil
 	}}
-	conn, err := d.Dial("tcp", s.addr)
+	var conn net.Conn
+	var err error
+	if tlsMode {
+		conn, err = tls.DialWithDialer(&d, "tcp", s.addr, &tls.Config{RootCAs: testRoots})
+	} else {
+		conn, err = d.Dial("tcp", s.addr)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -121,6 +122,10 @@ func TestOverTLS(t *testing.T) {
 		{"BaseDiesMidFill", TestBaseDiesMidFill},
 		{"PipelinedFloodIsBounded", TestPipelinedFloodIsBounded},
 		{"FarRangeOnColdFile", TestFarRangeOnColdFile},
+		{"PipelineWithoutReadingIsClosed", TestPipelineWithoutReadingIsClosed},
+		{"InputDoesNotRenewTheSendTimeout", TestInputDoesNotRenewTheSendTimeout},
+		{"StalledReaderOfAFillIsDropped", TestStalledReaderOfAFillIsDropped},
+		{"SlowReaderOfAClosingAnswerGetsItAll", TestSlowReaderOfAClosingAnswerGetsItAll},
 	}
 	tlsMode = true
 	defer func() { tlsMode = false }()
@@ -584,5 +589,69 @@ func TestTLSShutdownWaitsForDownload(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Shutdown did not return after the download ended")
+	}
+}
+
+// openFDs counts this process's open descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestTLSHandshakesCutAtEveryPoint: clients that reset or close at every point of the
+// handshake — right after their ClientHello, once the server's flight is in, right
+// after their Finished — leave nothing behind: no handshake goroutine, no duplicate
+// of a socket, no connection.
+func TestTLSHandshakesCutAtEveryPoint(t *testing.T) {
+	tlsMode = true
+	s := start(t, newBase(t), nil)
+	tlsMode = false
+	hello := clientHello(t)
+	time.Sleep(100 * time.Millisecond)
+	goroutines, fds := runtime.NumGoroutine(), openFDs(t)
+	// Each cut readies the close of raw; after runs once raw is closed.
+	cuts := []func(raw net.Conn) (after func()){
+		func(raw net.Conn) func() { raw.Write(hello); return func() {} }, // after the ClientHello
+		func(raw net.Conn) func() { // once the server's flight is in
+			checking, cut := make(chan struct{}), make(chan struct{})
+			conn := tls.Client(raw, &tls.Config{RootCAs: testRoots, ServerName: "localhost",
+				VerifyConnection: func(tls.ConnectionState) error { close(checking); <-cut; return io.EOF }})
+			go conn.Handshake()
+			<-checking
+			return func() { close(cut) }
+		},
+		func(raw net.Conn) func() { // after the Finished
+			tls.Client(raw, &tls.Config{RootCAs: testRoots, ServerName: "localhost"}).Handshake()
+			return func() {}
+		},
+	}
+	var wg sync.WaitGroup
+	for i := range 150 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			raw, err := net.Dial("tcp", s.addr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			after := cuts[i%len(cuts)](raw)
+			if i%2 == 0 {
+				resetConn(raw)
+			} else {
+				raw.Close()
+			}
+			after()
+		}()
+	}
+	wg.Wait()
+	waitFor(t, "every connection closed", func() bool { return s.cfg.Limiter.Conns() == 0 })
+	waitFor(t, "every handshake goroutine ended", func() bool { return runtime.NumGoroutine() <= goroutines+2 })
+	if n := openFDs(t); n > fds {
+		t.Errorf("%d descriptors open after the clients left, %d before", n, fds)
 	}
 }
