@@ -106,12 +106,15 @@ func (c *Cache) curPath(key string) string {
 	return filepath.Join(c.cfg.Dir, name[:2], name+curSuffix)
 }
 
-// openLock opens (creating it, and its folder) the lock file at path.
+// openLock opens (creating it, and its folder) the lock file at path. Never through a
+// symlink: a lock is written (its counter, its record, cut back), and one planted in a
+// folder someone else can write would make that a write to any file the user may write.
 func openLock(path string) (*keyLock, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	const flags = os.O_RDWR | os.O_CREATE | unix.O_NOFOLLOW
+	f, err := os.OpenFile(path, flags, 0o644)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err = os.MkdirAll(filepath.Dir(path), 0o755); err == nil {
-			f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+			f, err = os.OpenFile(path, flags, 0o644)
 		}
 	}
 	if err != nil {

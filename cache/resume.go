@@ -426,7 +426,7 @@ func (f *fill) checkpoint() (behind bool) {
 		return false
 	}
 	first := f.ckRec.seq == 0
-	side, err := os.OpenFile(f.ckPath, os.O_WRONLY|os.O_CREATE, 0o644)
+	side, err := os.OpenFile(f.ckPath, os.O_WRONLY|os.O_CREATE|unix.O_NOFOLLOW, 0o644) // as a lock (openLock)
 	if err != nil {
 		c.cfg.Logf("cache: checkpoint %s: %v", f.key, err)
 		return false

@@ -216,9 +216,12 @@ func trimScan(dir string, st *TrimStats) ([]*trimKey, error) {
 			}
 			switch rest := name[nameLen:]; {
 			case rest == lockSuffix:
+				if !info.Mode().IsRegular() {
+					continue // not one of ours (a symlink planted, a FIFO that would block): left alone
+				}
 				k := key(stem)
 				k.lock, k.used = true, info.ModTime()
-				if f, err := os.Open(path); err == nil {
+				if f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0); err == nil {
 					k.hits = readHits(f)
 					f.Close()
 				}
@@ -374,7 +377,7 @@ func trimLock(k *trimKey) {
 // trimAge halves a key's hit counter (without its lock: a request counted meanwhile
 // may be lost, as in any estimate).
 func trimAge(k *trimKey) {
-	f, err := os.OpenFile(filepath.Join(k.dir, k.name+lockSuffix), os.O_RDWR, 0)
+	f, err := os.OpenFile(filepath.Join(k.dir, k.name+lockSuffix), os.O_RDWR|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return
 	}

@@ -1,0 +1,69 @@
+package cache
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestSharedSymlinksNotFollowed: a cache folder another local user could write (a
+// mistake, but a tired admin's chmod 1777 makes one) must not let them make offload
+// write a file outside it. A lock file is opened for writing by every request (its hit
+// counter) and by trim (which halves the counters): planted as a symlink, it was
+// followed, and the file it named was written over as the web server's user.
+func TestSharedSymlinksNotFollowed(t *testing.T) {
+	b := newTestBase(t)
+	dir := t.TempDir()
+	victim := filepath.Join(t.TempDir(), "victim")
+	const precious = "precious bytes of another site\n"
+	if err := os.WriteFile(victim, []byte(precious), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	intact := func(when string) {
+		t.Helper()
+		if got, err := os.ReadFile(victim); err != nil || string(got) != precious {
+			t.Fatalf("%s: the file a planted symlink names was changed: %q, %v", when, got, err)
+		}
+	}
+	c := openShared(t, b.URL, dir)
+	f, g := content("/f", 100<<10, 1), content("/g", 100<<10, 1)
+	b.put("/f", f)
+	b.put("/g", g)
+
+	// Planted before the first request for /f.
+	lock := c.lockPath(c.key("/f"))
+	if err := os.MkdirAll(filepath.Dir(lock), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, lock); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := get(t, c, "/f"); err == nil {
+		readAll(t, h)
+		h.Release()
+	} else {
+		t.Logf("/f with a planted lock: %v", err)
+	}
+	intact("a request")
+
+	// Planted over the lock of an entry, then trim runs.
+	mustGet(t, c, "/g", g).Release()
+	lock = c.lockPath(c.key("/g"))
+	if err := os.Remove(lock); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, lock); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Trim(dir, 1<<30, t.Logf); err != nil {
+		t.Fatal(err)
+	}
+	intact("trim")
+	if _, err := Trim(dir, 0, t.Logf); err != nil {
+		t.Fatal(err)
+	}
+	intact("trim to 0")
+	if fi, err := os.Lstat(lock); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Logf("planted lock now: %v, %v", fi, err)
+	}
+}
