@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/http/cgi"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -307,7 +308,7 @@ func (o onlyWriter) Write(p []byte) (int, error) { return o.w.Write(p) }
 // judges it as offload serve judges a head off the wire: the method (the first request's,
 // REDIRECT_REQUEST_METHOD, when offload runs as Apache's ErrorDocument, which is always a
 // GET), the target as the client sent it (REQUEST_URI, or the first request's
-// REDIRECT_URL), and the header fields the answer depends on.
+// REDIRECT_URL, escaped again), and the header fields the answer depends on.
 func cgiRequestHead(r *http.Request, getenv func(string) string) ([]byte, error) {
 	method := r.Method
 	if m := getenv("REDIRECT_REQUEST_METHOD"); m != "" {
@@ -316,7 +317,10 @@ func cgiRequestHead(r *http.Request, getenv func(string) string) ([]byte, error)
 	target := getenv("REQUEST_URI")
 	if target == "" {
 		if u := getenv("REDIRECT_URL"); u != "" {
-			target = u
+			// The first request's path decoded (Apache's r->uri): escaped again, or
+			// proto would decode it twice ("/a%2541" the file "/aA") and read a
+			// decoded '?' as the start of a query.
+			target = (&url.URL{Path: u}).EscapedPath()
 			if q := getenv("REDIRECT_QUERY_STRING"); q != "" {
 				target += "?" + q
 			}

@@ -524,6 +524,10 @@ func TestCGIRequestHead(t *testing.T) {
 		{"REDIRECT_URL without REQUEST_URI", map[string]string{"REQUEST_METHOD": "GET", "REDIRECT_URL": "/pub/x.iso",
 			"REDIRECT_QUERY_STRING": "a=1", "SCRIPT_NAME": "/cgi-bin/offload"},
 			"GET /pub/x.iso?a=1 HTTP/1.1\r\nHost: h\r\n\r\n"},
+		{"REDIRECT_URL is decoded", map[string]string{"REQUEST_METHOD": "GET", "REDIRECT_URL": "/a%41 b?c#.iso",
+			"SCRIPT_NAME": "/cgi-bin/offload"},
+			// The file the client named "/a%2541%20b%3Fc%23.iso", not "/aA" with a query.
+			"GET /a%2541%20b%3Fc%23.iso HTTP/1.1\r\nHost: h\r\n\r\n"},
 		{"HTTP/1.0 with a body", map[string]string{"REQUEST_METHOD": "POST", "REQUEST_URI": "/", "SERVER_PROTOCOL": "HTTP/1.0",
 			"CONTENT_LENGTH": "3"},
 			"POST / HTTP/1.0\r\nHost: h\r\nContent-Length: 3\r\n\r\n"},
