@@ -63,11 +63,14 @@ func runCGI() int {
 	defer stop()
 
 	if _, err := cgi.Request(); err != nil {
-		// Nothing net/http/cgi can read (a malformed REQUEST_URI or Host): a 400 all the
-		// same, through an environment it can read, rather than no answer at all.
+		// Nothing net/http/cgi can read (a malformed REQUEST_URI, Host, CONTENT_LENGTH
+		// or SERVER_PROTOCOL): a 400 all the same, through an environment it can read,
+		// rather than no answer at all.
 		logger.Printf("%v", err)
 		os.Setenv("REQUEST_URI", "/")
+		os.Setenv("SERVER_PROTOCOL", "HTTP/1.0")
 		os.Unsetenv("HTTP_HOST")
+		os.Unsetenv("CONTENT_LENGTH")
 		serveCGIPlan(answer.Text(400, "malformed request", ""))
 		return 1
 	}

@@ -447,6 +447,9 @@ func TestCGIConfig(t *testing.T) {
 		{"arguments ignored", offloadBin, []string{"--config", bad}, []string{configEnv + "=" + good, "REQUEST_URI=/pub/small.txt?--config+x"},
 			"Status: 403 Forbidden\r\n", ""},
 		{"unparsable URI", offloadBin, nil, []string{configEnv + "=" + good, "REQUEST_URI=/%zz"}, "Status: 400 Bad Request\r\n", "REQUEST_URI"},
+		// Whatever net/http/cgi cannot read is a 400 all the same, never no answer.
+		{"unparsable CONTENT_LENGTH", offloadBin, nil, []string{configEnv + "=" + good, "CONTENT_LENGTH=12x"}, "Status: 400 Bad Request\r\n", "CONTENT_LENGTH"},
+		{"unparsable SERVER_PROTOCOL", offloadBin, nil, []string{configEnv + "=" + good, "SERVER_PROTOCOL=HTTP/1.1x"}, "Status: 400 Bad Request\r\n", "SERVER_PROTOCOL"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
