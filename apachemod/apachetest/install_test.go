@@ -115,6 +115,8 @@ func TestDebianInstall(t *testing.T) {
 func TestReadmeSnippets(t *testing.T) {
 	so := buildModule(t)
 	a := newApache(t)
+	// The README's CGI mode lines (offload cgi) use SetEnv, AliasMatch and cgi-script.
+	a.mods = append(a.mods, "env", "alias", "cgid")
 	n := 0
 	for _, readme := range []string{"../../README.md", "../README.md"} {
 		text, err := os.ReadFile(readme)
