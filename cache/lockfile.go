@@ -303,11 +303,20 @@ func genOf(path string) (int64, bool) {
 // removeUnused removes the file at path unless a process has it open with a flock
 // (in use); trim removes it later.
 func removeUnused(path string) {
-	f, err := os.Open(path)
+	// Not through a link, and never blocked on a FIFO planted in the folder: what is
+	// not a regular file where a data file belongs is removed as it is.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if err != nil {
+		if errors.Is(err, unix.ELOOP) {
+			_ = os.Remove(path)
+		}
 		return
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		_ = os.Remove(path)
+		return
+	}
 	if alone, _ := tryFlock(f, unix.LOCK_EX); alone && sameFile(f, path) {
 		_ = os.Remove(path)
 	}

@@ -125,8 +125,14 @@ func (c *Cache) openCurrent(key string) (*os.File, *Meta) {
 	if err != nil {
 		return nil, nil
 	}
-	f, err := os.Open(filepath.Join(filepath.Dir(cur), filepath.Base(name)))
+	// The pointer names a file beside it, never a link or a FIFO planted there by
+	// someone else who can write the folder (a FIFO would hang the open or the read).
+	f, err := os.OpenFile(filepath.Join(filepath.Dir(cur), filepath.Base(name)), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if err != nil {
+		return nil, nil
+	}
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		f.Close()
 		return nil, nil
 	}
 	// Best effort: trim may hold it for a moment, and removing a file that is open

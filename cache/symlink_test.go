@@ -3,6 +3,7 @@ package cache
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -92,5 +93,43 @@ func TestTrimFIFOLock(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("trim blocked on a FIFO named as a lock file")
+	}
+}
+
+// TestSharedPointerToFIFO: the file a <name>.cur pointer names is opened only if it is
+// a regular file: a FIFO planted there (by someone else who can write the folder) hung
+// every CGI process that asked for the key, in the open, until the web server killed it.
+func TestSharedPointerToFIFO(t *testing.T) {
+	b := newTestBase(t)
+	dir := t.TempDir()
+	c := openShared(t, b.URL, dir)
+	f := content("/f", 100<<10, 1)
+	b.put("/f", f)
+	mustGet(t, c, "/f", f).Release()
+	cur := c.curPath(c.key("/f"))
+	name, err := os.Readlink(cur)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(filepath.Dir(cur), filepath.Base(name))
+	if err := os.Remove(target); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(target, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if h, err := get(t, c, "/f"); err == nil {
+			readAll(t, h)
+			h.Release()
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		buf := make([]byte, 1<<20)
+		t.Fatalf("a request hung on a FIFO where the pointer's data file belongs:\n%s", buf[:runtime.Stack(buf, true)])
 	}
 }
