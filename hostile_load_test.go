@@ -4,11 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"strconv"
 	"strings"
@@ -22,11 +26,15 @@ import (
 // TestHostileLoad runs the built daemon against many hostile clients at once — resets at
 // every point of plain, single- and multi-range downloads, pipelining without reading,
 // far ranges of cold files abandoned at once, oversized and malformed heads, slowloris,
-// readers that stall until the send timeout — while well-behaved clients on the same
-// server check the sha256 of every body they get. It passes when the daemon is alive,
-// no well-behaved client saw a wrong byte, the daemon's peak RSS stayed under the bound,
-// and afterwards /metrics and /proc show no connection, download, window or data-file
-// descriptor left open.
+// readers that stall until the send timeout, and over HTTPS: resets mid-body,
+// ClientHellos cut short and stalled, garbage instead of a ClientHello or after a good
+// handshake, handshakes closed at once, slowloris after the handshake, pipelining
+// without reading, stalled readers — while well-behaved clients over HTTP and HTTPS on
+// the same server check the sha256 of every body they get. It passes when the daemon is
+// alive, no well-behaved client saw a wrong byte, the daemon's peak RSS stayed under the
+// bound, every hostile client the daemon must cut was cut in time, and afterwards
+// /metrics and /proc show no connection, download, window or data-file descriptor left
+// open, and the handshakes counted.
 //
 // OFFLOAD_HOSTILE_DURATION sets how long the clients run (default 20s; the issue asks
 // for one 10-minute run before a release: OFFLOAD_HOSTILE_DURATION=10m).
@@ -49,9 +57,17 @@ func TestHostileLoad(t *testing.T) {
 	}
 	b := startHostileBase(t, files)
 	cacheDir := t.TempDir()
-	d := startDaemon(t, "--base", b.url, "--cache", cacheDir, "--cache-size", "2G", "--timeout", "3s", "--loops", "2")
+	certFile, keyFile := writeSelfSigned(t, t.TempDir(), "offload", []string{"offload.test"}, time.Now().Add(24*time.Hour))
+	tlsAddr := freePort(t, "127.0.0.1")
+	d := startDaemon(t, "--base", b.url, "--cache", cacheDir, "--cache-size", "2G", "--timeout", "3s", "--loops", "2",
+		"--tls-listen", tlsAddr, "--tls-cert", certFile, "--tls-key", keyFile)
 	pid := d.cmd.Process.Pid
 	addr := strings.TrimPrefix(d.url, "http://")
+	certPEM, _ := os.ReadFile(certFile)
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(certPEM)
+	tlsCfg := &tls.Config{RootCAs: roots, ServerName: "offload.test"}
+	hello := clientHelloRecord(t)
 	fdsIdle := countFDs(t, pid)
 
 	// The peak RSS while the clients run.
@@ -79,13 +95,24 @@ func TestHostileLoad(t *testing.T) {
 		v, _ := counts.LoadOrStore(kind, new(atomic.Int64))
 		v.(*atomic.Int64).Add(1)
 	}
+	// cut records hostile clients that the daemon failed to cut in time.
+	cut := make(chan string, 64)
+	failedToCut := func(what string) {
+		select {
+		case cut <- what:
+		default:
+		}
+	}
+	kinds := 0
 	hostile := func(n int, kind string, fn func(rng *rand.Rand, local string)) {
+		kinds++
+		block := kinds
 		for i := range n {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				rng := rand.New(rand.NewPCG(uint64(i), uint64(len(kind))))
-				local := fmt.Sprintf("127.0.%d.%d", 1+len(kind)%200, 10+i) // an address of its own
+				rng := rand.New(rand.NewPCG(uint64(i), uint64(block)))
+				local := fmt.Sprintf("127.0.%d.%d", block, 10+i) // an address of its own
 				for time.Now().Before(deadline) {
 					fn(rng, local)
 					count(kind)
@@ -93,9 +120,25 @@ func TestHostileLoad(t *testing.T) {
 			}()
 		}
 	}
-	dialFrom := func(local string) (net.Conn, error) {
+	dialTo := func(local, addr string) (net.Conn, error) {
 		dl := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}, Timeout: 2 * time.Second}
 		return dl.Dial("tcp", addr)
+	}
+	dialFrom := func(local string) (net.Conn, error) { return dialTo(local, addr) }
+	// dialTLS returns an HTTPS connection, its handshake done, and the TCP one under it.
+	dialTLS := func(local string) (*tls.Conn, *net.TCPConn, error) {
+		raw, err := dialTo(local, tlsAddr)
+		if err != nil {
+			return nil, nil, err
+		}
+		conn := tls.Client(raw, tlsCfg)
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := conn.Handshake(); err != nil {
+			raw.Close()
+			return nil, nil, err
+		}
+		conn.SetDeadline(time.Time{})
+		return conn, raw.(*net.TCPConn), nil
 	}
 	resetHeads := []string{
 		"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -214,23 +257,234 @@ func TestHostileLoad(t *testing.T) {
 		}
 	})
 
-	// Well-behaved clients check every byte.
-	var good, bad atomic.Int64
+	// Over HTTPS.
+	hostile(4, "TLS reset mid-body", func(rng *rand.Rand, local string) {
+		conn, raw, err := dialTLS(local)
+		if err != nil {
+			return
+		}
+		h := resetHeads[rng.IntN(len(resetHeads))]
+		switch rng.IntN(4) {
+		case 0:
+			conn.Write([]byte(h[:rng.IntN(len(h))]))
+		case 1:
+			conn.Write([]byte(h))
+		default:
+			conn.Write([]byte(h))
+			conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			io.CopyN(io.Discard, conn, int64(rng.IntN(4<<20)))
+		}
+		raw.SetLinger(0)
+		raw.Close()
+	})
+	// The daemon's head timeout, which bounds a handshake too.
+	const headTimeout = 10 * time.Second
+	hostile(1, "ClientHello cut short and stalled", func(rng *rand.Rand, local string) {
+		var conns []net.Conn
+		for range 10 {
+			if c, err := dialTo(local, tlsAddr); err == nil {
+				conns = append(conns, c)
+				if rng.IntN(2) == 0 {
+					c.Write(hello[:1+rng.IntN(len(hello)-1)]) // cut inside its record
+				} else {
+					split := splitHello(hello, 1+rng.IntN(300))
+					c.Write(split[:rng.IntN(len(split)-5)+5]) // some records of it, not all
+				}
+			}
+		}
+		if time.Until(deadline) < headTimeout+2*time.Second {
+			// Too late to wait for the head timeout: the checks afterwards see to these.
+			time.Sleep(time.Until(deadline))
+			for _, c := range conns {
+				c.Close()
+			}
+			return
+		}
+		began := time.Now()
+		for _, c := range conns {
+			c.SetReadDeadline(began.Add(headTimeout + 2*time.Second))
+			if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+				failedToCut(fmt.Sprintf("a ClientHello stalled %v: %v", time.Since(began).Round(time.Second), err))
+			}
+			c.Close()
+		}
+	})
+	hostile(2, "garbage instead of a ClientHello", func(rng *rand.Rand, local string) {
+		raw, err := dialTo(local, tlsAddr)
+		if err != nil {
+			return
+		}
+		defer raw.Close()
+		junk := make([]byte, 1+rng.IntN(3000))
+		for i := range junk {
+			junk[i] = byte(rng.Uint32())
+		}
+		switch rng.IntN(4) {
+		case 0:
+			junk[0] = 0x16 // looks like a handshake record
+		case 1:
+			copy(junk, "GET /small.bin HTTP/1.1\r\n") // plain HTTP: a 400
+		}
+		go raw.Write(junk)
+		// Cut at once, or at the head timeout if it looks like the start of a record;
+		// one that would wait past the load's end is left to the checks afterwards.
+		wait := headTimeout + 2*time.Second
+		verify := time.Until(deadline) > wait
+		if !verify {
+			wait = max(time.Until(deadline), 100*time.Millisecond)
+		}
+		raw.SetReadDeadline(time.Now().Add(wait))
+		if _, err := io.Copy(io.Discard, raw); verify && err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			failedToCut(fmt.Sprintf("garbage instead of a ClientHello: %v", err))
+		}
+	})
+	var helloThenGarbage atomic.Int64
+	hostile(1, "ClientHello then garbage", func(rng *rand.Rand, local string) {
+		raw, err := dialTo(local, tlsAddr)
+		if err != nil {
+			return
+		}
+		defer raw.Close()
+		// The client's Finished should follow the ClientHello, as an encrypted record:
+		// one that cannot be decrypted fails the handshake.
+		junk := append(append([]byte(nil), hello...), 0x17, 3, 3, 0, 32)
+		for range 32 {
+			junk = append(junk, byte(rng.Uint32()))
+		}
+		raw.Write(junk)
+		raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, raw); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			failedToCut(fmt.Sprintf("a ClientHello then garbage: %v", err))
+			return
+		}
+		helloThenGarbage.Add(1)
+	})
+	hostile(2, "garbage records after a good handshake", func(rng *rand.Rand, local string) {
+		conn, raw, err := dialTLS(local)
+		if err != nil {
+			return
+		}
+		defer raw.Close()
+		if rng.IntN(2) == 0 {
+			conn.Write([]byte(resetHeads[rng.IntN(len(resetHeads))]))
+			conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			io.CopyN(io.Discard, conn, int64(rng.IntN(1<<20)))
+		}
+		// Whole records, so that the daemon need not wait for more: of a random type,
+		// or application data that does not decrypt.
+		n := 1 + rng.IntN(2000)
+		rec := []byte{byte(20 + rng.IntN(5)), 3, 3, byte(n >> 8), byte(n)}
+		for range n {
+			rec = append(rec, byte(rng.Uint32()))
+		}
+		go raw.Write(rec)
+		// Dropped at once, or at the send timeout if it stopped reading an answer.
+		raw.SetReadDeadline(time.Now().Add(6 * time.Second))
+		if _, err := io.Copy(io.Discard, raw); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			failedToCut(fmt.Sprintf("garbage records after a handshake: %v", err))
+		}
+	})
+	hostile(2, "TLS handshake then close", func(rng *rand.Rand, local string) {
+		_, raw, err := dialTLS(local)
+		if err != nil {
+			return
+		}
+		if rng.IntN(2) == 0 {
+			raw.SetLinger(0)
+		}
+		raw.Close()
+	})
+	hostile(1, "TLS slowloris", func(rng *rand.Rand, local string) {
+		var conns []*tls.Conn
+		for range 10 {
+			if c, raw, err := dialTLS(local); err == nil {
+				conns = append(conns, c)
+				defer raw.Close()
+			}
+		}
+		began := time.Now()
+		head := "GET /big.bin HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n"
+		for i := 0; i < len(head) && time.Now().Before(deadline); i++ {
+			for _, c := range conns {
+				c.Write([]byte{head[i]})
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		if time.Since(began) < headTimeout+2*time.Second {
+			return
+		}
+		for _, c := range conns { // closed at the head timeout since their first byte
+			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			if _, err := c.Read(make([]byte, 1)); err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					failedToCut(fmt.Sprintf("a TLS slowloris open %v", time.Since(began).Round(time.Second)))
+				}
+			}
+		}
+	})
+	hostile(2, "TLS pipeline without reading", func(rng *rand.Rand, local string) {
+		conn, raw, err := dialTLS(local)
+		if err != nil {
+			return
+		}
+		defer raw.Close()
+		burst := []byte(strings.Repeat("GET /robots.txt HTTP/1.1\r\nHost: x\r\n\r\n", 1000))
+		if rng.IntN(2) == 0 {
+			burst = []byte(strings.Repeat("GET /small.bin HTTP/1.1\r\nHost: x\r\n\r\nGET /robots.txt HTTP/1.1\r\nHost: x\r\n\r\n", 500))
+		}
+		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		for sent := 0; sent < 512<<20; {
+			n, err := conn.Write(burst)
+			sent += n
+			if err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					failedToCut(fmt.Sprintf("a TLS client pipelining without reading, after %d bytes", sent))
+				}
+				return
+			}
+		}
+	})
+	hostile(2, "stalled TLS reader", func(rng *rand.Rand, local string) {
+		conn, raw, err := dialTLS(local)
+		if err != nil {
+			return
+		}
+		defer raw.Close()
+		conn.Write([]byte("GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n"))
+		// Never read: the daemon's send timeout (3 s) must end it, as for plain HTTP.
+		time.Sleep(4 * time.Second)
+		raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := io.Copy(io.Discard, raw)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() || n >= int64(len(files["/big.bin"])) {
+			failedToCut(fmt.Sprintf("a stalled TLS reader: %d bytes, %v", n, err))
+		}
+	})
+
+	// Well-behaved clients, over HTTP and HTTPS, check every byte.
+	var good, bad, goodTLSConns atomic.Int64
 	errs := make(chan string, 64)
-	for i := range 4 {
+	for i := range 6 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			local := fmt.Sprintf("127.0.250.%d", 10+i)
-			client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+			url, tr := d.url, &http.Transport{
 				DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}).DialContext,
-			}}
+			}
+			if i >= 4 {
+				url, tr.TLSClientConfig = "https://"+tlsAddr, tlsCfg
+			}
+			client := &http.Client{Timeout: 30 * time.Second, Transport: tr}
 			defer client.CloseIdleConnections()
 			paths := []string{"/big.bin", "/medium.bin", "/small.bin"}
 			for j := 0; time.Now().Before(deadline); j++ {
 				path := paths[(i+j)%len(paths)]
 				want := files[path]
-				req, _ := http.NewRequest("GET", d.url+path, nil)
+				var fresh bool
+				req, _ := http.NewRequest("GET", url+path, nil)
+				req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+					GotConn: func(info httptrace.GotConnInfo) { fresh = !info.Reused },
+				}))
 				lo, hi := 0, len(want)
 				if j%4 == 3 {
 					lo, hi = len(want)/3, len(want)/3+len(want)/4+1
@@ -256,6 +510,9 @@ func TestHostileLoad(t *testing.T) {
 					continue
 				}
 				good.Add(1)
+				if fresh && resp.TLS != nil {
+					goodTLSConns.Add(1) // its handshake done on the daemon's side too
+				}
 			}
 		}()
 	}
@@ -263,6 +520,7 @@ func TestHostileLoad(t *testing.T) {
 	close(stopSampling)
 	<-sampled
 	close(errs)
+	close(cut)
 
 	var summary []string
 	counts.Range(func(k, v any) bool {
@@ -273,6 +531,9 @@ func TestHostileLoad(t *testing.T) {
 		dur, good.Load(), bad.Load(), strings.Join(summary, ", "), peakRSS.Load()>>10)
 	for e := range errs {
 		t.Error(e)
+	}
+	for e := range cut {
+		t.Errorf("not cut in time: %s", e)
 	}
 	if d.cmd.ProcessState != nil || d.cmd.Process.Signal(syscallZero) != nil {
 		t.Fatalf("the daemon died: %s", d.stderr)
@@ -301,16 +562,70 @@ func TestHostileLoad(t *testing.T) {
 	if files := openFilesUnder(t, pid, cacheDir); len(files) > 0 {
 		t.Errorf("data files still open after the load: %v", files)
 	}
-	if n := clientSockets(t, addr); n > 0 {
-		t.Errorf("%d client sockets of the daemon still open after the load", n)
+	for _, a := range []string{addr, tlsAddr} {
+		if n := clientSockets(t, a); n > 0 {
+			t.Errorf("%d client sockets of the daemon's %s still open after the load", n, a)
+		}
+	}
+	// Every handshake begun was counted: at least those of the well-behaved clients'
+	// connections as done, and those a bad record ended as failed.
+	m := scrape(t, d)
+	ok, failed := m[`offload_tls_handshakes_total{result="ok"}`], m[`offload_tls_handshakes_total{result="failed"}`]
+	t.Logf("TLS handshakes: %v ok, %v failed", ok, failed)
+	if ok < float64(goodTLSConns.Load()) || failed < float64(helloThenGarbage.Load()) || failed == 0 {
+		t.Errorf("TLS handshakes counted %v ok and %v failed; the clients saw at least %d done and %d failed",
+			ok, failed, goodTLSConns.Load(), helloThenGarbage.Load())
 	}
 	t.Logf("descriptors: %d before the load, %d after (with the upstream pool)", fdsIdle, countFDs(t, pid))
-	// And the daemon still serves every byte right.
+	// And the daemon still serves every byte right, over HTTP and HTTPS.
+	httpsClient := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
+	defer httpsClient.CloseIdleConnections()
 	for path, want := range files {
 		if sum, status := sha(t, d.url+path); status != 200 || sum != sha256.Sum256(want) {
 			t.Errorf("%s after the load: status %d, body differs", path, status)
 		}
+		resp, err := httpsClient.Get("https://" + tlsAddr + path)
+		if err != nil {
+			t.Errorf("%s over HTTPS after the load: %v", path, err)
+			continue
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || !bytes.Equal(body, want) {
+			t.Errorf("%s over HTTPS after the load: status %d, %v, body differs", path, resp.StatusCode, err)
+		}
 	}
+}
+
+// clientHelloRecord is the first record crypto/tls's client sends: its ClientHello.
+func clientHelloRecord(t *testing.T) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go tls.Client(a, &tls.Config{ServerName: "offload.test"}).Handshake()
+	rec := make([]byte, 5)
+	if _, err := io.ReadFull(b, rec); err != nil {
+		t.Fatal(err)
+	}
+	rec = append(rec, make([]byte, int(rec[3])<<8|int(rec[4]))...)
+	if _, err := io.ReadFull(b, rec[5:]); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// splitHello is a ClientHello record's message cut into records of at most size bytes,
+// as TLS allows.
+func splitHello(rec []byte, size int) []byte {
+	var out []byte
+	for msg := rec[5:]; len(msg) > 0; {
+		k := min(size, len(msg))
+		out = append(out, rec[0], rec[1], rec[2], byte(k>>8), byte(k))
+		out = append(out, msg[:k]...)
+		msg = msg[k:]
+	}
+	return out
 }
 
 var syscallZero = syscall.Signal(0)
@@ -480,7 +795,8 @@ func waitMetrics(t *testing.T, d *daemon, within time.Duration, want map[string]
 	}
 }
 
-// scrape reads the unlabelled metrics of the admin listener.
+// scrape reads the metrics of the admin listener, labelled ones by their whole name
+// (name{label="value"}).
 func scrape(t *testing.T, d *daemon) map[string]float64 {
 	t.Helper()
 	resp, err := http.Get(d.admin + "/metrics")
@@ -495,9 +811,9 @@ func scrape(t *testing.T, d *daemon) map[string]float64 {
 		if strings.HasPrefix(line, "#") {
 			continue
 		}
-		if name, val, ok := strings.Cut(line, " "); ok && !strings.Contains(name, "{") {
-			if f, err := strconv.ParseFloat(val, 64); err == nil {
-				m[name] = f
+		if i := strings.LastIndexByte(line, ' '); i > 0 {
+			if f, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+				m[line[:i]] = f
 			}
 		}
 	}
