@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# scripts/cold-ab.sh — A/B of two offload builds on the cold-disk scenario (bench.sh
+# step 5), interleaved with nginx (sendfile + aio threads) in every round, so that the
+# machine's noise hits all three alike; prints each build's throughput and hot-file p99
+# as ratios to nginx's, per round and as medians. How the disk-pool sizes were chosen.
+#   scripts/cold-ab.sh OFFLOAD_A OFFLOAD_B      (ROUNDS, default 6; COLD_MB, default 128)
+set -euo pipefail
+A=$(realpath "$1"); B=$(realpath "$2"); ROUNDS=${ROUNDS:-6}; MB=${COLD_MB:-128}
+W=$(mktemp -d /tmp/offload-cold-ab-XXXXXX)
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"' EXIT
+mkdir -p "$W/www" "$W/cA" "$W/cB" "$W/ngx"
+for i in 1 2 3 4 5 6 7 8; do head -c $((MB << 20)) /dev/urandom > "$W/www/disk$i.bin"; done
+head -c 1024 /dev/urandom > "$W/www/1k.bin"; chmod 755 "$W" "$W/www"; chmod 644 "$W"/www/*
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BASE=$(port); AIO=$(port); PA=$(port); PB=$(port)
+cat > "$W/ngx/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $W/ngx/nginx.pid; error_log $W/ngx/error.log;
+events { worker_connections 2000; }
+http { access_log off; sendfile on; tcp_nopush on; default_type application/octet-stream;
+  client_body_temp_path $W/ngx/b; proxy_temp_path $W/ngx/p; fastcgi_temp_path $W/ngx/f; uwsgi_temp_path $W/ngx/u; scgi_temp_path $W/ngx/s;
+  server { listen 127.0.0.1:$BASE; root $W/www; }
+  server { listen 127.0.0.1:$AIO; root $W/www; aio threads; } }
+CONF
+"$(command -v nginx || echo /usr/sbin/nginx)" -c "$W/ngx/nginx.conf" & pids+=($!)
+"$A" serve --base "http://127.0.0.1:$BASE" --listen "127.0.0.1:$PA" --admin "127.0.0.1:$(port)" --cache "$W/cA" --revalidate 1h --max-dupes 0 --loops "$(nproc)" 2>/dev/null & pids+=($!)
+"$B" serve --base "http://127.0.0.1:$BASE" --listen "127.0.0.1:$PB" --admin "127.0.0.1:$(port)" --cache "$W/cB" --revalidate 1h --max-dupes 0 --loops "$(nproc)" 2>/dev/null & pids+=($!)
+for p in $BASE $PA $PB; do for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$p/1k.bin" && break; sleep 0.2; done; done
+for p in $PA $PB; do for i in 1 2 3 4 5 6 7 8; do curl -sf -o /dev/null "http://127.0.0.1:$p/disk$i.bin"; done; curl -sf -o /dev/null "http://127.0.0.1:$p/1k.bin"; done
+: > "$W/rows"
+for r in $(seq "$ROUNDS"); do
+  for t in A B aio; do
+    case $t in A) p=$PA;; B) p=$PB;; aio) p=$AIO;; esac
+    urls=""; for i in 1 2 3 4 5 6 7 8; do urls="$urls http://127.0.0.1:$p/disk$i.bin"; done
+    # shellcheck disable=SC2086
+    "$A" bench -c 8 -n 8 --drop-cache "$W/www" --drop-cache "$W/cA" --drop-cache "$W/cB" --probe "http://127.0.0.1:$p/1k.bin" --json $urls > "$W/r.json" || true
+    python3 -c "import json; d=json.load(open('$W/r.json')); print('$r $t', d['probe']['latency_ms']['P99'], d['bytes_per_second'])" >> "$W/rows"
+  done
+done
+python3 - "$W/rows" <<'PY'
+import statistics as st, sys
+by = {}
+for line in open(sys.argv[1]):
+    r, t, p99, bps = line.split()
+    by.setdefault(r, {})[t] = (float(p99), float(bps))
+for v in "AB":
+    tp = [by[r][v][1] / by[r]["aio"][1] for r in by]
+    lp = [by[r][v][0] / by[r]["aio"][0] for r in by]
+    print(f"{v}: throughput / nginx-aio median {st.median(tp):.2f} {[round(x, 2) for x in tp]}; hot p99 / nginx-aio median {st.median(lp):.2f} {[round(x, 2) for x in lp]}")
+PY
