@@ -650,8 +650,9 @@ func TestTLSHandshakesCutAtEveryPoint(t *testing.T) {
 	}
 	wg.Wait()
 	waitFor(t, "every connection closed", func() bool { return s.cfg.Limiter.Conns() == 0 })
-	waitFor(t, "every handshake goroutine ended", func() bool { return runtime.NumGoroutine() <= goroutines+2 })
-	if n := openFDs(t); n > fds {
-		t.Errorf("%d descriptors open after the clients left, %d before", n, fds)
-	}
+	// A handshake goroutine may still be busy (signing, say) when its connection
+	// closes: it ends, and closes its duplicate of the socket, soon after.
+	waitFor(t, "every handshake goroutine ended", func() bool {
+		return runtime.NumGoroutine() <= goroutines+2 && openFDs(t) <= fds
+	})
 }
