@@ -63,32 +63,41 @@ var (
 // (RFC 8446 5.1), which a ClientHello with post-quantum key shares stays well under.
 const maxClientHello = 16 << 10
 
-// helloHere says whether buf begins with a whole ClientHello, which a client may split
-// over several records (RFC 8446 5.1); bad says it cannot be one: not handshake
-// records, an empty record, or a record or message over maxClientHello.
-func helloHere(buf []byte) (here, bad bool) {
-	var head [4]byte // the message's type and length
-	got := 0
-	for len(buf) >= 5 {
-		n := int(buf[3])<<8 | int(buf[4])
-		if buf[0] != 0x16 || n == 0 || n > maxClientHello {
+// helloScan follows a ClientHello as its records arrive: a client may split it over
+// several (RFC 8446 5.1). Each record is read once, so a client that trickles a hello
+// of tiny records costs the loop no more than its bytes.
+type helloScan struct {
+	off  int     // the records before off are read
+	got  int     // the message's bytes in them
+	head [4]byte // the message's type and length
+}
+
+// more reads the records of buf past those read before (buf grows between calls, its
+// start unchanged). here says buf begins with the whole ClientHello; bad says it
+// cannot be one: not handshake records, an empty record, or a record or message over
+// maxClientHello.
+func (h *helloScan) more(buf []byte) (here, bad bool) {
+	for len(buf)-h.off >= 5 {
+		rec := buf[h.off:]
+		n := int(rec[3])<<8 | int(rec[4])
+		if rec[0] != 0x16 || n == 0 || n > maxClientHello {
 			return false, true
 		}
-		if len(buf) < 5+n {
+		if len(rec) < 5+n {
 			return false, false
 		}
-		copy(head[min(got, 4):], buf[5:5+n])
-		got += n
-		if got >= 4 {
-			size := 4 + (int(head[1])<<16 | int(head[2])<<8 | int(head[3]))
+		copy(h.head[min(h.got, 4):], rec[5:5+n])
+		h.got += n
+		h.off += 5 + n
+		if h.got >= 4 {
+			size := 4 + (int(h.head[1])<<16 | int(h.head[2])<<8 | int(h.head[3]))
 			if size > maxClientHello {
 				return false, true
 			}
-			if got >= size {
+			if h.got >= size {
 				return true, false
 			}
 		}
-		buf = buf[5+n:]
 	}
 	return false, false
 }
@@ -120,6 +129,7 @@ type tlsState struct {
 	// small; it doubles back with every write taken whole.
 	chunk int
 
+	hello   helloScan   // the ClientHello so far, until the goroutine starts
 	started bool        // the handshake goroutine runs or ran
 	done    atomic.Bool // the handshake goroutine has returned; err is its result
 	err     error
@@ -271,7 +281,7 @@ func (c *conn) handshake() (act gnet.Action, done bool) {
 		// The goroutine starts once the whole ClientHello is here, so a client that
 		// sends part of it and stalls holds no goroutine, only its bytes in gnet's
 		// buffer, until the head timeout closes it.
-		switch here, bad := helloHere(buf); {
+		switch here, bad := t.hello.more(buf); {
 		case bad || !here && len(buf) > maxInbound: // tiny records: the input bound holds
 			return gnet.Close, false
 		case !here:
