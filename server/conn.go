@@ -915,6 +915,9 @@ func (c *conn) waitWritable() sendResult {
 	if c.deadline.Load() == 0 {
 		c.setDeadline(c.srv.cfg.Timeout)
 	}
+	if c.tls != nil && c.tls.blockedAt == 0 {
+		c.tls.blockedAt = time.Now().UnixNano()
+	}
 	if err := c.srv.poller.arm(c.gc.Fd(), c.gc); err != nil {
 		c.srv.cfg.Logf("server: write poller: %v", err)
 		return sendFailed

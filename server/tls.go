@@ -128,6 +128,14 @@ type tlsState struct {
 	// clients), it drops to what the socket took, so that what waits in left stays
 	// small; it doubles back with every write taken whole.
 	chunk int
+	// lowat is the socket's TCP_NOTSENT_LOWAT (fastLowat, then notSentLowat for a
+	// slow client); blockedAt is when it last waited for a full socket (UnixNano; 0:
+	// not waiting).
+	lowat     int
+	blockedAt int64
+	// A client's speed, for its lowat: bytes sent since rateFrom (UnixNano).
+	rateBytes int64
+	rateFrom  int64
 
 	hello   helloScan   // the ClientHello so far, until the goroutine starts
 	started bool        // the handshake goroutine runs or ran
@@ -237,9 +245,10 @@ func (n *tlsNetConn) SetWriteDeadline(time.Time) error { return nil }
 // newTLSState readies a connection of an HTTPS listener for its handshake.
 func newTLSState(gc gnet.Conn, cfg *tls.Config) *tlsState {
 	_ = unix.SetsockoptInt(gc.Fd(), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, notSentLowat)
+	lowat := notSentLowat
 	nc := &tlsNetConn{gc: gc, local: gc.LocalAddr(), remote: gc.RemoteAddr(), dupFd: -1}
 	nc.cond.L = &nc.mu
-	return &tlsState{tc: tls.Server(nc, cfg), nc: nc}
+	return &tlsState{tc: tls.Server(nc, cfg), nc: nc, lowat: lowat}
 }
 
 // handshake runs the connection's handshake phase on the loop: it starts the
@@ -396,8 +405,19 @@ func (c *conn) tlsRoom() int {
 		return minTLSChunk
 	}
 	room := int(info[unix.SK_MEMINFO_SNDBUF]) - int(info[unix.SK_MEMINFO_WMEM_QUEUED])
+	t := c.tls
+	if t.blockedAt != 0 {
+		// Woken after a full socket: a client that kept us waiting long is slow, and
+		// from now on its socket holds little it has not taken (see notSentLowat).
+		if time.Now().UnixNano()-t.blockedAt > int64(slowClientWait) && t.lowat > notSentLowat {
+			if unix.SetsockoptInt(c.gc.Fd(), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, notSentLowat) == nil {
+				t.lowat = notSentLowat
+			}
+		}
+		t.blockedAt = 0
+	}
 	if unsent, err := unix.IoctlGetInt(c.gc.Fd(), unix.SIOCOUTQNSD); err == nil {
-		room = min(room, notSentLowat-unsent)
+		room = min(room, t.lowat-unsent)
 	}
 	if c.tls.chunk > 0 {
 		room = min(room, c.tls.chunk)
@@ -405,13 +425,39 @@ func (c *conn) tlsRoom() int {
 	return min(room-room/8, maxTLSChunk)
 }
 
-// notSentLowat caps the bytes an HTTPS socket holds that the network has not taken
-// yet (TCP_NOTSENT_LOWAT): beyond what is in flight, a slow client's records wait as
+// notSentLowat caps the bytes a slow client's HTTPS socket holds that the network has
+// not taken yet (TCP_NOTSENT_LOWAT): beyond what is in flight, its records wait as
 // file bytes, not as kernel memory. Without it the kernel lets send buffers of slow
 // clients grow to megabytes, reaches its TCP memory limit with a few thousand of
 // them, and then takes less than a socket's own room says: the records it refuses
-// would wait in our memory instead.
-const notSentLowat = 64 << 10
+// would wait in our memory instead. A client that takes fastClientBytes within a
+// second gets fastLowat instead, so that its download does not stop for the write
+// poller every 64 KiB (which cost a single HTTPS download half its speed); it is back
+// to notSentLowat once a full socket keeps it waiting longer than slowClientWait.
+const (
+	notSentLowat    = 64 << 10
+	fastLowat       = 1 << 20
+	fastClientBytes = 4 << 20
+	slowClientWait  = 100 * time.Millisecond
+)
+
+// noteSent counts n bytes sent for the client's speed, and gives a fast client
+// fastLowat.
+func (c *conn) noteSent(n int) {
+	t := c.tls
+	if t.lowat >= fastLowat {
+		return
+	}
+	now := time.Now().UnixNano()
+	if now-t.rateFrom > int64(time.Second) {
+		t.rateFrom, t.rateBytes = now, 0
+	}
+	if t.rateBytes += int64(n); t.rateBytes >= fastClientBytes {
+		if unix.SetsockoptInt(c.gc.Fd(), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, fastLowat) == nil {
+			t.lowat = fastLowat
+		}
+	}
+}
 
 // soMeminfo is SO_MEMINFO (asm-generic/socket.h), which x/sys does not name.
 const soMeminfo = 55
@@ -484,6 +530,7 @@ func (c *conn) tlsSendFile(off int64, n int) (int, error) {
 	if err := c.tlsSendWire(); err != nil {
 		return 0, err
 	}
+	c.noteSent(r)
 	return r, nil
 }
 
