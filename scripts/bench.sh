@@ -178,6 +178,9 @@ TABLE
   HS=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^offload_tls_handshakes_total/ {printf "%s %s; ", $1, $2}')
   TLS_TABLE="$TLS_TABLE
 
+Each round (offload, nginx): 1 GiB MiB/s $(awk '$1=="t" {printf "%s %.0f%s", ($2=="off" ? "(" : ""), $3/1048576, ($2=="off" ? "," : ") ")}' "$work/tls_rows");
+keep-alive req/s $(awk '$1=="k" {printf "%s %.0f%s", ($2=="off" ? "(" : ""), $3, ($2=="off" ? "," : ") ")}' "$work/tls_rows");
+new connections/s $(awk '$1=="h" {printf "%s %.0f%s", ($2=="off" ? "(" : ""), $3, ($2=="off" ? "," : ") ")}' "$work/tls_rows").
 offload's handshake counters after the slow runs: $HS"
 }
 jget() { python3 -c "import json,sys; d=json.load(open('$1')); print(d$2)"; }

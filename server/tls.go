@@ -51,13 +51,26 @@ const smallTLSWrite = 16 << 10
 // minTLSChunk is the plaintext encrypted when the socket's room cannot be read.
 const minTLSChunk = 2 << 10
 
-// Pools of their own for records on their way out and decrypted input, so that their
-// sizes do not skew the shared pool's calibration for response heads (whose Put drops
-// buffers larger than what most callers use).
-var (
-	wirePool  bytebufferpool.Pool
-	inputPool bytebufferpool.Pool
-)
+// inputPool holds decrypted input buffers, apart from the shared pool of response
+// heads, whose calibration they would skew.
+var inputPool bytebufferpool.Pool
+
+// wireBufs holds the buffers records are collected in, each with room for a full
+// chunk's records. Not a bytebufferpool: it learns to keep the sizes most Puts have,
+// and after many small answers it dropped every chunk-sized buffer at Put, so each
+// chunk of a download grew a new one by appends (a single HTTPS download at half its
+// speed after a burst of small requests).
+var wireBufs = sync.Pool{New: func() any { b := make([]byte, 0, maxTLSChunk+4*(5+256)); return &b }}
+
+// putWire returns a record buffer to wireBufs; one an odd write grew past a chunk's
+// size is left to the collector.
+func putWire(b *[]byte) {
+	if cap(*b) > 2*maxTLSChunk {
+		return
+	}
+	*b = (*b)[:0]
+	wireBufs.Put(b)
+}
 
 // maxClientHello is the largest ClientHello taken: a TLS record's plaintext limit
 // (RFC 8446 5.1), which a ClientHello with post-quantum key shares stays well under.
@@ -157,8 +170,8 @@ type tlsNetConn struct {
 	closed bool   // the connection closed: the handshake's reads fail
 	dupFd  int    // the handshake's duplicate of the socket
 
-	loop bool                       // the handshake is over; the loop owns this
-	wire *bytebufferpool.ByteBuffer // records written during one loop-side call
+	loop bool    // the handshake is over; the loop owns this
+	wire *[]byte // records written during one loop-side call (from wireBufs)
 }
 
 func (n *tlsNetConn) Read(p []byte) (int, error) {
@@ -196,9 +209,9 @@ func (n *tlsNetConn) Read(p []byte) (int, error) {
 func (n *tlsNetConn) Write(p []byte) (int, error) {
 	if n.loop {
 		if n.wire == nil {
-			n.wire = wirePool.Get()
+			n.wire = wireBufs.Get().(*[]byte)
 		}
-		n.wire.B = append(n.wire.B, p...)
+		*n.wire = append(*n.wire, p...)
 		return len(p), nil
 	}
 	// The handshake's flights: a few KiB into an empty socket, so EAGAIN is rare; wait
@@ -543,8 +556,8 @@ func (c *conn) tlsSendWire() error {
 	}
 	wire := nc.wire
 	nc.wire = nil
-	defer wirePool.Put(wire)
-	b := wire.B
+	defer putWire(wire)
+	b := *wire
 	for len(b) > 0 {
 		k, err := unix.Write(c.gc.Fd(), b)
 		if k > 0 {
@@ -564,7 +577,7 @@ func (c *conn) tlsSendWire() error {
 	}
 	t := c.tls
 	if len(b) > 0 {
-		t.chunk = max(len(wire.B)-len(b), minTLSChunk)
+		t.chunk = max(len(*wire)-len(b), minTLSChunk)
 		t.left = append([]byte(nil), b...)
 		c.notePending()
 	} else if t.chunk > 0 {
@@ -600,7 +613,7 @@ func (c *conn) tlsFlushLeft() error {
 
 func (c *conn) dropWire() {
 	if nc := c.tls.nc; nc.wire != nil {
-		wirePool.Put(nc.wire)
+		putWire(nc.wire)
 		nc.wire = nil
 	}
 }
