@@ -814,7 +814,7 @@ func (c *conn) send() sendResult {
 			}
 		}
 		off := c.h.FileOffset(c.off)
-		if c.srv.disk != nil && off+n > c.loaded && (!inMemory(c.fd, off) || !inMemory(c.fd, off+n-1)) {
+		if c.srv.disk != nil && off+n > c.loaded && (!c.srv.disk.resident(c.fd, off) || !c.srv.disk.resident(c.fd, off+n-1)) {
 			// The next bytes are on the disk, not in memory: a worker reads them in.
 			return c.deferToDisk(off, min(int64(diskLoad), c.h.FileOffset(min(c.end, avail))-off))
 		}

@@ -51,8 +51,10 @@ type diskJob struct {
 type diskPool struct {
 	workers int
 	metrics *metrics
-	// read is pread(2); tests replace it to make a disk fail.
-	read func(fd int, p []byte, off int64) (int, error)
+	// read is pread(2), and resident the loop's probe (inMemory); tests replace them
+	// to make a disk fail at a known place, whatever the kernel read ahead meanwhile.
+	read     func(fd int, p []byte, off int64) (int, error)
+	resident func(fd int, off int64) bool
 
 	mu     sync.Mutex // protects jobs and closed
 	cond   *sync.Cond
@@ -61,7 +63,7 @@ type diskPool struct {
 }
 
 func newDiskPool(workers int, m *metrics) *diskPool {
-	p := &diskPool{workers: workers, metrics: m, read: unix.Pread}
+	p := &diskPool{workers: workers, metrics: m, read: unix.Pread, resident: inMemory}
 	p.cond = sync.NewCond(&p.mu)
 	for range workers {
 		go p.run()

@@ -53,6 +53,10 @@ type Config struct {
 	DiskWorkers int
 	OnBoot      func() error // called once the listeners are bound (privilege drop)
 	Logf        func(format string, args ...any)
+
+	// diskPool, when set, sees the disk pool before the server starts: tests replace
+	// its reads there, before any loop can look at them.
+	diskPool func(*diskPool)
 }
 
 // Server is the offload server. Create it with New and run it with Serve.
@@ -116,6 +120,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.DiskWorkers > 0 {
 		s.disk = newDiskPool(cfg.DiskWorkers, s.metrics)
+		if cfg.diskPool != nil {
+			cfg.diskPool(s.disk)
+		}
 	}
 	return s, nil
 }

@@ -365,13 +365,19 @@ func TestThroughApacheToOffload(t *testing.T) {
 	a := newApache(t)
 	type offloadHost struct {
 		addr, admin, cache string
+		log                string // the daemon's stderr
 	}
 	var ohs []offloadHost
 	for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {
 		oh := offloadHost{addr: fmt.Sprintf("%s:%d", ip, freePort(t)), admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), cache: t.TempDir()}
 		cmd := exec.Command(bin, "serve", "--base", a.url, "--listen", oh.addr, "--admin", oh.admin, "--cache", oh.cache)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
+		oh.log = filepath.Join(t.TempDir(), "stderr")
+		f, err := os.Create(oh.log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close() // the child has its own copy
+		cmd.Stderr = f
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -413,7 +419,7 @@ func TestThroughApacheToOffload(t *testing.T) {
 	}
 	for i, oh := range ohs {
 		if got := metric(t, oh.admin, "offload_upstream_gets_total"); got != wantGets[i] {
-			t.Errorf("offload host %s sent %d GETs to the base, want %d (one per file it owns)", oh.addr, got, wantGets[i])
+			t.Errorf("offload host %s sent %d GETs to the base, want %d (one per file it owns); its log:\n%s", oh.addr, got, wantGets[i], readFile(oh.log))
 		}
 	}
 	// A file changed on the base is served fresh on the next request.
@@ -428,6 +434,11 @@ func TestThroughApacheToOffload(t *testing.T) {
 	if got, _ := os.ReadFile(out); !bytes.Equal(got, fresh) {
 		t.Errorf("changed file not served fresh (%d bytes)", len(got))
 	}
+}
+
+func readFile(name string) string {
+	b, _ := os.ReadFile(name)
+	return string(b)
 }
 
 func waitListening(t *testing.T, addr string) {
