@@ -36,21 +36,35 @@ func (m *Meta) ModTime() time.Time {
 }
 
 // SameVersion reports whether two descriptions name the same bytes, by the original's
-// rule: equal length, and a strong ETag that matches, or an equal Last-Modified (a weak
-// ETag counts only together with an equal Last-Modified).
+// rule: equal length, and a strong ETag that matches, or an equal Last-Modified. A weak
+// ETag counts only together with an equal Last-Modified, and is compared by its opaque
+// tag (RFC 9110's weak comparison): Apache marks a file's ETag weak for the first second
+// after it changed and strong after that, with the same tag, so W/"x" and "x" of the
+// same date and length are the one version Apache described twice.
 func SameVersion(a, b *Meta) bool {
 	if a.Size != b.Size {
 		return false
 	}
-	if a.ETag != "" && b.ETag != "" {
-		if a.ETag != b.ETag {
+	if (a.ETag == "") != (b.ETag == "") {
+		return false // one side lost or gained its ETag: nothing to say they agree
+	}
+	if a.ETag != "" {
+		if opaqueTag(a.ETag) != opaqueTag(b.ETag) {
 			return false
 		}
-		if !proto.IsWeakETag(a.ETag) {
+		if !proto.IsWeakETag(a.ETag) && !proto.IsWeakETag(b.ETag) {
 			return true
 		}
 	}
-	return a.LastModified != "" && a.LastModified == b.LastModified && a.ETag == b.ETag
+	return a.LastModified != "" && a.LastModified == b.LastModified
+}
+
+// opaqueTag is an entity-tag without its weakness indicator.
+func opaqueTag(etag string) string {
+	if proto.IsWeakETag(etag) {
+		return etag[2:]
+	}
+	return etag
 }
 
 // keyName is the file name stem for a key: a hash, so no request path becomes a path.
