@@ -42,6 +42,7 @@ import statistics as st, sys
 by = {}
 for line in open(sys.argv[1]):
     r, t, p99, bps = line.split()
+    print(f"round {r} {t}: hot p99 {float(p99):.1f} ms, {float(bps) / 2**20:.0f} MiB/s")
     by.setdefault(r, {})[t] = (float(p99), float(bps))
 for v in "AB":
     tp = [by[r][v][1] / by[r]["aio"][1] for r in by]

@@ -31,9 +31,19 @@ const (
 	phaseHandshake        // HTTPS: the TLS handshake runs in its goroutine (see tls.go)
 )
 
-// maxPerTurn bounds the bytes one connection sends per event-loop turn, so one fast
-// client cannot starve the others on its loop.
-const maxPerTurn = 1 << 20
+// maxPerTurn bounds the bytes one connection sends with sendfile per event-loop turn,
+// so one fast client cannot starve the others on its loop: a request that arrives on a
+// loop busy with N downloads waits for N turns. 256 KiB (one sendfile call) from 1 MiB:
+// one download's throughput did not move (1 GiB to curl, six interleaved rounds each,
+// medians 2577 and 2475 MiB/s), and beside 8 cold readers the hot file's p99 was at
+// least as good with less spread between rounds (scripts/cold-ab.sh, ratio to
+// nginx-aio: medians 0.90 against 1.11 in 8 rounds of 128 MiB files, 1.05 against 1.06
+// in 6 rounds of 384 MiB, whose rounds spread 0.78-1.18 against 0.71-1.84).
+const maxPerTurn = 256 << 10
+
+// maxPerTurnTLS is the same bound for HTTPS, whose bytes cost their encryption: it
+// stays at 1 MiB, where its throughput was measured against nginx (scripts/bench.sh 6).
+const maxPerTurnTLS = 1 << 20
 
 // maxPerCall bounds one sendfile call. Measured on loopback against nginx (one client,
 // 1 GiB, curl): 64 KiB calls 0.74x nginx's throughput, 128-256 KiB 1.0-1.1x, 512 KiB
@@ -746,6 +756,9 @@ const (
 // fill has no more bytes yet, or this turn's budget is spent.
 func (c *conn) send() sendResult {
 	budget := int64(maxPerTurn)
+	if c.tls != nil {
+		budget = maxPerTurnTLS
+	}
 	for {
 		if c.outPending() {
 			// The head (or a part head) the socket did not take goes first.

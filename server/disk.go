@@ -23,7 +23,7 @@ import (
 
 const (
 	// diskLoad is how much one deferral makes sure is in memory before it wakes the
-	// connection: two turns' budgets. Measured against nginx with aio threads (8 cold
+	// connection: a few turns' budgets. Measured against nginx with aio threads (8 cold
 	// 128 MiB readers and a hot-file probe, interleaved rounds): 4 MiB with 8 MiB ahead
 	// gave 0.90-0.98x nginx's throughput; 2 MiB with 16 MiB ahead 1.03-1.06x, with the
 	// probe's p99 at 0.46-0.69x nginx's (1 MiB: as fast, but p99 up to 1.13x).
