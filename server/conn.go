@@ -232,14 +232,20 @@ func (c *conn) advance() gnet.Action {
 			return act
 		}
 		buf := c.inbound()
+		if c.failed {
+			return gnet.Close // a bad TLS record: what was decrypted before it is not answered
+		}
 		if len(buf) == 0 {
-			if c.failed || c.tls != nil && c.tls.eof {
+			if c.tls != nil && c.tls.eof {
 				return gnet.Close // the client ended its side with nothing left to answer
 			}
 			return gnet.None
 		}
 		n, err := c.req.Parse(buf)
 		if err == proto.ErrNeedMore {
+			if c.tls != nil && c.tls.eof {
+				return gnet.Close // the client ended its side in the middle of a head
+			}
 			if !c.reading {
 				c.reading = true
 				c.idle.Store(false)

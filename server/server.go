@@ -62,17 +62,19 @@ type Config struct {
 // Server is the offload server. Create it with New and run it with Serve.
 type Server struct {
 	gnet.BuiltinEventEngine
-	cfg      Config
-	eng      gnet.Engine
-	poller   *writePoller
-	disk     *diskPool // nil when DiskWorkers < 0
-	metrics  *metrics
-	draining atomic.Bool
-	ready    chan struct{} // closed when the listeners are bound
-	addr     net.Addr      // the first listener's address, once bound
-	tlsCfg   *tls.Config   // the HTTPS listeners' configuration; nil without any
-	tlsAddrs []net.Addr    // the HTTPS listeners' addresses, once bound
-	bootErr  error
+	cfg    Config
+	eng    gnet.Engine
+	poller *writePoller
+	disk   *diskPool // nil when DiskWorkers < 0
+	// handshakes bounds the TLS handshake goroutines (see handshakeGate).
+	handshakes handshakeGate
+	metrics    *metrics
+	draining   atomic.Bool
+	ready      chan struct{} // closed when the listeners are bound
+	addr       net.Addr      // the first listener's address, once bound
+	tlsCfg     *tls.Config   // the HTTPS listeners' configuration; nil without any
+	tlsAddrs   []net.Addr    // the HTTPS listeners' addresses, once bound
+	bootErr    error
 
 	mu    sync.Mutex // protects conns
 	conns map[*conn]struct{}
@@ -103,11 +105,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:     cfg,
-		poller:  p,
-		metrics: newMetrics(cfg.Cache, cfg.Limiter),
-		ready:   make(chan struct{}),
-		conns:   map[*conn]struct{}{},
+		handshakes: handshakeGate{max: maxHandshakes},
+		cfg:        cfg,
+		poller:     p,
+		metrics:    newMetrics(cfg.Cache, cfg.Limiter),
+		ready:      make(chan struct{}),
+		conns:      map[*conn]struct{}{},
 	}
 	if len(cfg.TLSListen) > 0 {
 		s.tlsCfg = serverTLS(cfg.TLS)
@@ -378,6 +381,7 @@ func (s *Server) sweep(stop <-chan struct{}) {
 			expired[i] = nil
 		}
 		expired = expired[:0]
+		s.handshakes.kick()
 	}
 }
 

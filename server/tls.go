@@ -83,6 +83,9 @@ type helloScan struct {
 	off  int     // the records before off are read
 	got  int     // the message's bytes in them
 	head [4]byte // the message's type and length
+	// whole: the whole ClientHello was read (the connection may still wait for a
+	// place in the handshake gate, and ask again).
+	whole bool
 }
 
 // more reads the records of buf past those read before (buf grows between calls, its
@@ -90,6 +93,9 @@ type helloScan struct {
 // cannot be one: not handshake records, an empty record, or a record or message over
 // maxClientHello.
 func (h *helloScan) more(buf []byte) (here, bad bool) {
+	if h.whole {
+		return true, false
+	}
 	for len(buf)-h.off >= 5 {
 		rec := buf[h.off:]
 		n := int(rec[3])<<8 | int(rec[4])
@@ -108,6 +114,7 @@ func (h *helloScan) more(buf []byte) (here, bad bool) {
 				return false, true
 			}
 			if h.got >= size {
+				h.whole = true
 				return true, false
 			}
 		}
@@ -152,6 +159,7 @@ type tlsState struct {
 
 	hello   helloScan   // the ClientHello so far, until the goroutine starts
 	started bool        // the handshake goroutine runs or ran
+	queued  atomic.Bool // waits in the handshake gate for a place (see handshakeGate)
 	done    atomic.Bool // the handshake goroutine has returned; err is its result
 	err     error
 }
@@ -309,8 +317,12 @@ func (c *conn) handshake() (act gnet.Action, done bool) {
 		case !here:
 			return gnet.None, false
 		}
+		if !c.srv.handshakes.enter(c) {
+			return gnet.None, false // woken when a place is free
+		}
 		fd, err := unix.FcntlInt(uintptr(c.gc.Fd()), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
+			c.srv.handshakes.leave()
 			c.srv.cfg.Logf("server: dup for a TLS handshake: %v", err)
 			return gnet.Close, false
 		}
@@ -319,6 +331,7 @@ func (c *conn) handshake() (act gnet.Action, done bool) {
 		go func() {
 			err := t.tc.Handshake()
 			unix.Close(fd)
+			c.srv.handshakes.leave()
 			// Counted here, not on the loop: a connection closed meanwhile (a client
 			// that resets midway, or closes right after its Finished) never gets there.
 			result := "ok"
@@ -371,6 +384,11 @@ func (c *conn) tlsInbound() []byte {
 		}
 	}
 	c.tlsSendWire() // a KeyUpdate's answer, an alert
+	if t.eof {
+		// Nothing reads gnet's input after a close_notify: what a client sends after
+		// it would pile up there, unbounded, while it is answered. It means nothing.
+		_, _ = c.gc.Discard(c.gc.InboundBuffered())
+	}
 	if t.in != nil && len(t.in.B) == 0 {
 		putInput(t.in)
 		t.in = nil
