@@ -129,6 +129,12 @@ func runTrim(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "offload cache trim: %s: %d entries, %s before, %s after (bound %s): removed %d entries, %d leftovers, %d free download slots; %d in use left alone; %v\n",
 		cfg.Cache, st.Entries, bytesText(st.Before), bytesText(st.After), bytesText(cfg.CacheSize), st.Removed, st.Garbage,
 		swept, st.InUse, time.Since(began).Round(time.Millisecond))
+	if st.Failed > 0 {
+		// Nothing else says so: the bound would go unkept while every run looks fine.
+		fmt.Fprintf(stderr, "offload cache trim: could not remove %d files (%v): run trim as the user that owns the cache folder (the web server's user for CGI mode)\n",
+			st.Failed, st.FailedErr)
+		return 1
+	}
 	if st.After > cfg.CacheSize {
 		fmt.Fprintf(stdout, "offload cache trim: still %s over the bound: what is left is in use; the next run removes it once it is not\n",
 			bytesText(st.After-cfg.CacheSize))

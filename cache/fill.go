@@ -120,6 +120,13 @@ func (f *fill) landed() int64 {
 // it stops when its reader leaves. It returns nil when the windows in all, or those of
 // the client named in ctx, are at their cap: the reader then waits for the fill.
 func (c *Cache) startWindow(ctx context.Context, key, tgt string, want *Meta, from, end int64) *fill {
+	if c.cfg.Shared {
+		// One process a request (CGI): the caps below live in one process's memory
+		// and would bound nothing, while each window pulls the rest of a file, outside
+		// the cache's bound, whether its reader reads or not. Far readers wait for the
+		// fill, which the bound and trim keep.
+		return nil
+	}
 	client := clientOf(ctx)
 	c.mu.Lock()
 	if c.Stats.Windows.Load() >= int64(c.cfg.Windows) || c.windows[client] >= c.cfg.WindowsPerClient {

@@ -300,6 +300,23 @@ func genOf(path string) (int64, bool) {
 	return g, err == nil
 }
 
+// openRegular opens path with flag, never through a symlink and never blocked on a
+// FIFO (O_NOFOLLOW, O_NONBLOCK, which a regular file ignores), and only as a regular
+// file: in a cache folder someone else can write, a .part or sidecar planted as a link
+// would have a filler truncate and write the file it names, and a FIFO would hang the
+// process that opened it while it holds the key's lock.
+func openRegular(path string, flag int) (*os.File, error) {
+	f, err := os.OpenFile(path, flag|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("cache: %s: not a regular file", path)
+	}
+	return f, nil
+}
+
 // removeUnused removes the file at path unless a process has it open with a flock
 // (in use); trim removes it later.
 func removeUnused(path string) {

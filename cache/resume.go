@@ -94,7 +94,12 @@ func headerDigest(header []byte) [16]byte {
 
 // readRecord is the newest valid record of a sidecar for a header with digest d.
 func readRecord(sidecar string, d [16]byte, size int64) (record, error) {
-	b, err := os.ReadFile(sidecar)
+	side, err := openRegular(sidecar, os.O_RDONLY)
+	if err != nil {
+		return record{}, err
+	}
+	b, err := io.ReadAll(io.LimitReader(side, 2*recordSize)) // two slots; a longer file is not ours
+	side.Close()
 	if err != nil {
 		return record{}, err
 	}
@@ -137,7 +142,7 @@ func removeQuiet(paths ...string) { // best effort: a leftover is removed by the
 // loadPart checks an unfinished fill found by the scan: a header of this base under its
 // key's name, a valid checkpoint, and at least the bytes it says are durable.
 func (c *Cache) loadPart(path string) (*entry, error) {
-	f, err := os.Open(path)
+	f, err := openRegular(path, os.O_RDONLY)
 	if err != nil {
 		return nil, err
 	}
@@ -242,7 +247,7 @@ func inUse(path string) bool {
 			}
 		}
 	}
-	f, err := os.Open(path)
+	f, err := openRegular(path, os.O_RDONLY)
 	if err != nil {
 		return false
 	}
@@ -301,7 +306,7 @@ func (f *fill) resume(p *entry) (*os.File, io.ReadCloser, int64, error) {
 	if !SameVersion(&p.meta, f.want) {
 		return drop("the base has another version", errors.New("validators differ"))
 	}
-	file, err := os.OpenFile(p.path, os.O_RDWR, 0)
+	file, err := openRegular(p.path, os.O_RDWR)
 	if err != nil {
 		return drop("open", err)
 	}

@@ -384,7 +384,7 @@ func (f *fill) follow(lk *keyLock) (took bool, err error) {
 // fill wants and not held exclusively (by a filler shrinking it to its checkpoint, or
 // trim removing it). Opened for writing too: this process may take the fill over.
 func (f *fill) openFollowed(path string) (landing, bool) {
-	file, err := os.OpenFile(path, os.O_RDWR, 0)
+	file, err := openRegular(path, os.O_RDWR)
 	if err != nil {
 		return landing{}, false
 	}
@@ -565,7 +565,7 @@ func (f *fill) takeOver(path string, sameBoot bool, file *os.File) (l landing, o
 	opened := file == nil
 	if opened {
 		var err error
-		if file, err = os.OpenFile(path, os.O_RDWR, 0); err != nil {
+		if file, err = openRegular(path, os.O_RDWR); err != nil {
 			return landing{}, false
 		}
 	}

@@ -530,3 +530,36 @@ func TestSharedFollowsAFillerThatFinishes(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedNoWindows: the window caps are one process's memory, so in a shared cache
+// (one process a request) they bounded nothing: one client asking six processes for
+// ranges far into a cold file got six windows, each pulling the rest of the file
+// outside the cache's bound though nobody read it. A shared cache opens no window.
+func TestSharedNoWindows(t *testing.T) {
+	b := newTestBase(t)
+	b.put("/big.iso", content("big", 64<<20, 1))
+	b.mu.Lock()
+	b.throttle = 200 * time.Millisecond // the whole-file fill crawls
+	b.mu.Unlock()
+	dir := t.TempDir()
+	ctx := WithClient(context.Background(), netip.MustParseAddr("192.0.2.7"))
+	var hs []*Handle
+	for i := range 6 {
+		c := openShared(t, b.URL, dir) // one per process
+		h, err := c.GetFrom(ctx, "/big.iso", int64(20<<20+i*(4<<20)), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs = append(hs, h)
+	}
+	time.Sleep(time.Second) // nobody reads
+	b.mu.Lock()
+	ranged := b.ranged["/big.iso"]
+	b.mu.Unlock()
+	for _, h := range hs {
+		h.Release()
+	}
+	if ranged != 0 {
+		t.Errorf("%d ranged GETs (windows) for one client's six far ranges in a shared cache", ranged)
+	}
+}

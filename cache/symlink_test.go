@@ -1,6 +1,9 @@
 package cache
 
 import (
+	"bytes"
+	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -131,5 +134,107 @@ func TestSharedPointerToFIFO(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		buf := make([]byte, 1<<20)
 		t.Fatalf("a request hung on a FIFO where the pointer's data file belongs:\n%s", buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// TestSharedPlantedPartSymlink: a .part planted as a symlink and named by a fill record
+// made the next filler open the link's target O_RDWR, truncate it and write the body
+// into it (found by an attacker's review). Now it is not taken over; the fill starts anew.
+func TestSharedPlantedPartSymlink(t *testing.T) {
+	b := newTestBase(t)
+	data := content("f", 200<<10, 1)
+	b.put("/f.bin", data)
+	dir := t.TempDir()
+	c := openShared(t, b.URL, dir)
+	h, err := c.Get(context.Background(), "/f.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, h.Reader(context.Background(), 0, h.Meta.Size))
+	h.Release()
+	c.Drain(context.Background())
+	key := c.key("/f.bin")
+	cur := c.curPath(key)
+	name, err := os.Readlink(cur)
+	if err != nil {
+		t.Fatal(err)
+	}
+	final := filepath.Join(filepath.Dir(cur), filepath.Base(name))
+	committed, _ := os.ReadFile(final)
+	// The attacker: a victim file outside the cache that starts with the key's header.
+	victim := filepath.Join(t.TempDir(), "victim")
+	os.WriteFile(victim, append(append([]byte{}, committed[:HeaderSize]...), []byte("ATTACKER-CHOSEN-TAIL-or-any-bytes")...), 0o644)
+	os.Remove(final)
+	os.Remove(cur)
+	gen := int64(0x1234)
+	part := partOfGen(c.lockPath(key), gen)
+	if err := os.Symlink(victim, part); err != nil {
+		t.Fatal(err)
+	}
+	lk, _ := openLock(c.lockPath(key))
+	r := fillRecord{pid: 1, gen: gen}
+	r.boot[0] = 0xAA // "before a reboot": the taker truncates to the checkpoint
+	lk.f.WriteAt(r.encode(), hitsLen)
+	lk.close()
+
+	c2 := openShared(t, b.URL, dir)
+	h, err = c2.Get(context.Background(), "/f.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, h.Reader(context.Background(), 0, h.Meta.Size))
+	h.Release()
+	c2.Drain(context.Background())
+	got, _ := os.ReadFile(victim)
+	fi, _ := os.Lstat(victim)
+	t.Logf("victim outside the cache: %d bytes now (was %d), body copied in: %v", fi.Size(), HeaderSize+33, len(got) >= HeaderSize+len(data) && bytes.Equal(got[HeaderSize:HeaderSize+len(data)], data))
+	if len(got) != HeaderSize+33 {
+		t.Errorf("a file outside the cache folder was rewritten through a planted .part symlink")
+	}
+}
+
+// TestSharedPlantedSidecarFIFO: a FIFO planted as a .part's sidecar hung the filler that
+// took the .part over, with the key's lock held, so every follower got a 504.
+func TestSharedPlantedSidecarFIFO(t *testing.T) {
+	b := newTestBase(t)
+	data := content("g", 200<<10, 1)
+	b.put("/g.bin", data)
+	dir := t.TempDir()
+	c := openShared(t, b.URL, dir)
+	h, err := c.Get(context.Background(), "/g.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, h.Reader(context.Background(), 0, h.Meta.Size))
+	h.Release()
+	c.Drain(context.Background())
+	key := c.key("/g.bin")
+	cur := c.curPath(key)
+	name, _ := os.Readlink(cur)
+	final := filepath.Join(filepath.Dir(cur), filepath.Base(name))
+	committed, _ := os.ReadFile(final)
+	os.Remove(final)
+	os.Remove(cur)
+	gen := int64(0x77)
+	part := partOfGen(c.lockPath(key), gen)
+	os.WriteFile(part, committed[:HeaderSize+1000], 0o644) // a plausible .part of this version
+	if err := unix.Mkfifo(sidecarOf(part), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lk, _ := openLock(c.lockPath(key))
+	r := fillRecord{pid: 1, gen: gen}
+	r.boot[0] = 0xAA
+	lk.f.WriteAt(r.encode(), hitsLen)
+	lk.close()
+	c2 := openShared(t, b.URL, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_, err = c2.Get(ctx, "/g.bin")
+	t.Logf("Get: %v", err)
+	lk2, _ := openLock(c.lockPath(key))
+	ok, _ := lk2.tryLock()
+	t.Logf("key lock free afterwards: %v", ok)
+	if err != nil && !ok {
+		t.Errorf("the filler hung opening a FIFO sidecar, holding the key's lock")
 	}
 }

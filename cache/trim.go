@@ -49,6 +49,10 @@ type TrimStats struct {
 	Removed int   // entries and unfinished fills removed (not counting leftovers)
 	Garbage int   // superseded versions, dangling pointers, leftovers removed
 	InUse   int   // files Trim would have removed, but a live process uses
+	// Failed counts files Trim could not remove (a folder not writable by the user it
+	// runs as, say); FailedErr is the first such error.
+	Failed    int
+	FailedErr error
 }
 
 // trimFile is one data file or .part found by Trim.
@@ -316,6 +320,12 @@ func trimRemove(k *trimKey, f *trimFile, st *TrimStats) bool {
 		return false
 	}
 	if err := os.Remove(f.path); err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			st.Failed++
+			if st.FailedErr == nil {
+				st.FailedErr = err
+			}
+		}
 		return false
 	}
 	if f.part {

@@ -3,6 +3,7 @@ package cache
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -254,5 +255,44 @@ func TestTrimAgesCounts(t *testing.T) {
 	Trim(dir, 1<<30, t.Logf)
 	if n := hits(); n != 6 {
 		t.Errorf("%d hits: aged at 6 a key", n)
+	}
+}
+
+// TestTrimCannotRemove: files trim may not remove (run as a user who cannot write the
+// cache folder) are counted and the first error kept, so the command can say so and
+// fail: it used to report them as in use and exit 0 while the cache grew unbounded.
+// Made here with the immutable attribute, which stops root too.
+func TestTrimCannotRemove(t *testing.T) {
+	b := newTestBase(t)
+	dir := t.TempDir()
+	c := openShared(t, b.URL, dir)
+	for i := range 2 {
+		p := fmt.Sprintf("/f%d", i)
+		b.put(p, content(p, 64<<10, 1))
+		mustGet(t, c, p, content(p, 64<<10, 1))
+	}
+	var locked []string
+	t.Cleanup(func() {
+		for _, d := range locked {
+			exec.Command("chattr", "-i", d).Run()
+		}
+	})
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		d := filepath.Join(dir, e.Name())
+		if !e.IsDir() || e.Name() == "slots" {
+			continue
+		}
+		if out, err := exec.Command("chattr", "+i", d).CombinedOutput(); err != nil {
+			t.Skipf("chattr +i %s: %v %s (needs root and a file system with the attribute)", d, err, out)
+		}
+		locked = append(locked, d)
+	}
+	st, err := Trim(dir, 0, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Failed == 0 || st.FailedErr == nil || st.Removed != 0 {
+		t.Errorf("stats %+v: want the files trim could not remove counted, with the error", st)
 	}
 }
