@@ -463,6 +463,9 @@ func TestSharedHandleReader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The fill goes on after the reads: wait for it before the folder is removed (a
+	// commit under way made the TempDir cleanup fail in CI).
+	t.Cleanup(func() { c.Drain(context.Background()) })
 	defer h.Release()
 	got, err := io.ReadAll(h.Reader(context.Background(), 1000, 200<<10))
 	if err != nil || !bytes.Equal(got, data[1000:200<<10]) {
