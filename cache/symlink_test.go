@@ -137,6 +137,41 @@ func TestSharedPointerToFIFO(t *testing.T) {
 	}
 }
 
+// uncommit fills path in c and then takes the entry away again (its data file and
+// pointer), as if it had never been committed: what a planted fill record then names
+// is all a filler finds. It returns the key and the data file's bytes.
+func uncommit(t *testing.T, c *Cache, path string) (key string, committed []byte) {
+	t.Helper()
+	h, err := c.Get(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, h.Reader(context.Background(), 0, h.Meta.Size))
+	h.Release()
+	c.Drain(context.Background())
+	key = c.key(path)
+	cur := c.curPath(key)
+	name, err := os.Readlink(cur)
+	if err != nil {
+		t.Fatal(err)
+	}
+	final := filepath.Join(filepath.Dir(cur), filepath.Base(name))
+	committed, _ = os.ReadFile(final)
+	os.Remove(final)
+	os.Remove(cur)
+	return key, committed
+}
+
+// plantRecord writes a fill record naming the .part of gen into key's lock file, from
+// "before a reboot", so that the next filler takes that .part over.
+func plantRecord(c *Cache, key string, gen int64) {
+	lk, _ := openLock(c.lockPath(key))
+	r := fillRecord{pid: 1, gen: gen}
+	r.boot[0] = 0xAA // "before a reboot": the taker truncates to the checkpoint
+	lk.f.WriteAt(r.encode(), hitsLen)
+	lk.close()
+}
+
 // TestSharedPlantedPartSymlink: a .part planted as a symlink and named by a fill record
 // made the next filler open the link's target O_RDWR, truncate it and write the body
 // into it (found by an attacker's review). Now it is not taken over; the fill starts anew.
@@ -146,39 +181,18 @@ func TestSharedPlantedPartSymlink(t *testing.T) {
 	b.put("/f.bin", data)
 	dir := t.TempDir()
 	c := openShared(t, b.URL, dir)
-	h, err := c.Get(context.Background(), "/f.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, h.Reader(context.Background(), 0, h.Meta.Size))
-	h.Release()
-	c.Drain(context.Background())
-	key := c.key("/f.bin")
-	cur := c.curPath(key)
-	name, err := os.Readlink(cur)
-	if err != nil {
-		t.Fatal(err)
-	}
-	final := filepath.Join(filepath.Dir(cur), filepath.Base(name))
-	committed, _ := os.ReadFile(final)
+	key, committed := uncommit(t, c, "/f.bin")
 	// The attacker: a victim file outside the cache that starts with the key's header.
 	victim := filepath.Join(t.TempDir(), "victim")
 	os.WriteFile(victim, append(append([]byte{}, committed[:HeaderSize]...), []byte("ATTACKER-CHOSEN-TAIL-or-any-bytes")...), 0o644)
-	os.Remove(final)
-	os.Remove(cur)
 	gen := int64(0x1234)
-	part := partOfGen(c.lockPath(key), gen)
-	if err := os.Symlink(victim, part); err != nil {
+	if err := os.Symlink(victim, partOfGen(c.lockPath(key), gen)); err != nil {
 		t.Fatal(err)
 	}
-	lk, _ := openLock(c.lockPath(key))
-	r := fillRecord{pid: 1, gen: gen}
-	r.boot[0] = 0xAA // "before a reboot": the taker truncates to the checkpoint
-	lk.f.WriteAt(r.encode(), hitsLen)
-	lk.close()
+	plantRecord(c, key, gen)
 
 	c2 := openShared(t, b.URL, dir)
-	h, err = c2.Get(context.Background(), "/f.bin")
+	h, err := c2.Get(context.Background(), "/f.bin")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,39 +211,21 @@ func TestSharedPlantedPartSymlink(t *testing.T) {
 // took the .part over, with the key's lock held, so every follower got a 504.
 func TestSharedPlantedSidecarFIFO(t *testing.T) {
 	b := newTestBase(t)
-	data := content("g", 200<<10, 1)
-	b.put("/g.bin", data)
+	b.put("/g.bin", content("g", 200<<10, 1))
 	dir := t.TempDir()
 	c := openShared(t, b.URL, dir)
-	h, err := c.Get(context.Background(), "/g.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, h.Reader(context.Background(), 0, h.Meta.Size))
-	h.Release()
-	c.Drain(context.Background())
-	key := c.key("/g.bin")
-	cur := c.curPath(key)
-	name, _ := os.Readlink(cur)
-	final := filepath.Join(filepath.Dir(cur), filepath.Base(name))
-	committed, _ := os.ReadFile(final)
-	os.Remove(final)
-	os.Remove(cur)
+	key, committed := uncommit(t, c, "/g.bin")
 	gen := int64(0x77)
 	part := partOfGen(c.lockPath(key), gen)
 	os.WriteFile(part, committed[:HeaderSize+1000], 0o644) // a plausible .part of this version
 	if err := unix.Mkfifo(sidecarOf(part), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	lk, _ := openLock(c.lockPath(key))
-	r := fillRecord{pid: 1, gen: gen}
-	r.boot[0] = 0xAA
-	lk.f.WriteAt(r.encode(), hitsLen)
-	lk.close()
+	plantRecord(c, key, gen)
 	c2 := openShared(t, b.URL, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	_, err = c2.Get(ctx, "/g.bin")
+	_, err := c2.Get(ctx, "/g.bin")
 	t.Logf("Get: %v", err)
 	lk2, _ := openLock(c.lockPath(key))
 	ok, _ := lk2.tryLock()

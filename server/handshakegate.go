@@ -52,23 +52,32 @@ func (g *handshakeGate) leave() {
 	g.kick()
 }
 
-// kick wakes waiting connections while places are free. leave calls it; so does the
-// sweeper, for a place whose woken connection closed before it asked again.
+// kick drops the waiters whose connections closed and wakes the others while places
+// are free. leave calls it; so does the sweeper, which also keeps the queue from
+// holding closed connections (their conn and TLS state) while the gate stays full:
+// clients that send a ClientHello and reset would otherwise pile them up until a
+// handshake ends, minutes later in the case the gate is for.
 func (g *handshakeGate) kick() {
 	g.mu.Lock()
 	var wake []*conn
-	for free := g.max - g.running; free > 0 && len(g.waiting) > 0; {
-		w := g.waiting[0]
-		g.waiting[0] = waiter{}
-		g.waiting = g.waiting[1:]
-		w.t.queued.Store(false)
-		if !w.c.closed.Load() {
+	free := g.max - g.running
+	kept := g.waiting[:0]
+	for _, w := range g.waiting {
+		switch {
+		case w.c.closed.Load():
+			w.t.queued.Store(false)
+		case free > 0:
+			w.t.queued.Store(false)
 			wake = append(wake, w.c)
 			free--
+		default:
+			kept = append(kept, w)
 		}
 	}
+	clear(g.waiting[len(kept):]) // let the dropped go
+	g.waiting = kept
 	if len(g.waiting) == 0 {
-		g.waiting = nil // let the backing array go
+		g.waiting = nil // and the backing array
 	}
 	g.mu.Unlock()
 	for _, c := range wake {

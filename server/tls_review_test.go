@@ -96,6 +96,13 @@ func TestTLSHandshakeGate(t *testing.T) {
 	if f1-f0 > places+4 || g1-g0 > places+4 {
 		t.Errorf("closed connections' handshakes hold %d descriptors and %d goroutines (at most %d may run)", f1-f0, g1-g0, places)
 	}
+	// The gate is still full, and the closed connections that waited in it leave its
+	// queue at the sweeper's next turn.
+	waitFor(t, "the closed waiters dropped", func() bool {
+		s.handshakes.mu.Lock()
+		defer s.handshakes.mu.Unlock()
+		return len(s.handshakes.waiting) == 0
+	})
 	// A client that asks meanwhile waits for a place, and is served once the
 	// certificate is there.
 	got := make(chan error, 1)
