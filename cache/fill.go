@@ -27,6 +27,9 @@ type fill struct {
 	// cancel ends a window's GET once no reader is left; nil for a whole-file fill,
 	// which goes on for the cache.
 	cancel context.CancelFunc
+	// private: in a shared cache, streamed through a file of its own and not cached,
+	// as a file over the bound is (another process fills another version of the key).
+	private bool
 
 	// Set before ready is closed, read-only after.
 	meta Meta
@@ -211,7 +214,7 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b
 // file with checkpoints, asking for the rest when the base drops, then commit or clean up.
 func (f *fill) run() {
 	c := f.c
-	if c.cfg.Shared && f.from == 0 && f.want.Size <= c.cfg.MaxBytes {
+	if c.cfg.Shared && f.from == 0 && f.want.Size <= c.cfg.MaxBytes && !f.private {
 		f.runShared() // shared.go: one filler for all the processes of a shared cache
 		return
 	}
@@ -361,9 +364,10 @@ func (f *fill) publish(file *os.File, m *Meta, written int64) {
 func (f *fill) pump(l *landing, header []byte) {
 	c := f.c
 	m, file, written, part := l.m, l.file, l.written, l.part
-	cacheable := m.Size <= c.cfg.MaxBytes && f.from == 0
+	cacheable := m.Size <= c.cfg.MaxBytes && f.from == 0 && !f.private
 	if !cacheable {
-		// Larger than the whole cache, or a window: stream it through an unlinked file.
+		// Larger than the whole cache, a window, or private: stream it through an
+		// unlinked file.
 		_ = os.Remove(part)
 		part = ""
 	}

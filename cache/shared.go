@@ -251,6 +251,15 @@ func (f *fill) runShared() {
 	if err == nil && !took {
 		took, err = f.follow(lk)
 	}
+	if err == errOtherVersion {
+		// The file changed on the base while another process fills the version it had:
+		// waiting for that fill would serve nothing (and time out on a big file), and
+		// its lock is not ours to take. This reader's version streams through a file of
+		// its own; the next request after that fill's commit fills the new version.
+		f.private = true
+		f.run()
+		return
+	}
 	if err != nil {
 		f.fail(&Error{Status: 500, Reason: "cache lock failed", Err: err}, "", false)
 		f.dropSelf()
@@ -329,11 +338,15 @@ func (f *fill) follow(lk *keyLock) (took bool, err error) {
 		if partPath == "" {
 			switch {
 			case recOK:
-				if l, ok := f.openFollowed(partOfGen(lk.path, r.gen)); ok {
+				l, ok, other := f.openFollowed(partOfGen(lk.path, r.gen))
+				if ok {
 					partPath = l.part
 					f.publish(l.file, l.m, l.written)
 					lastProgress = time.Now()
 					continue
+				}
+				if other {
+					return false, errOtherVersion
 				}
 			default:
 				// No fill under way: committed since our HEAD?
@@ -383,24 +396,32 @@ func (f *fill) follow(lk *keyLock) (took bool, err error) {
 // openFollowed opens the .part at path to follow it, when it is of the version this
 // fill wants and not held exclusively (by a filler shrinking it to its checkpoint, or
 // trim removing it). Opened for writing too: this process may take the fill over.
-func (f *fill) openFollowed(path string) (landing, bool) {
+func (f *fill) openFollowed(path string) (l landing, ok, other bool) {
 	file, err := openRegular(path, os.O_RDWR)
 	if err != nil {
-		return landing{}, false
+		return landing{}, false, false
 	}
 	if ok, _ := tryFlock(file, unix.LOCK_SH); !ok {
 		file.Close()
-		return landing{}, false
+		return landing{}, false, false
 	}
 	m, err := readHeader(file)
 	st, serr := file.Stat()
-	if err != nil || serr != nil || m.Key != f.key || !SameVersion(m, f.want) {
-		file.Close() // another version being filled: wait for it to end
-		return landing{}, false
+	if err != nil || serr != nil || m.Key != f.key {
+		file.Close()
+		return landing{}, false, false
+	}
+	if !SameVersion(m, f.want) {
+		file.Close() // another version being filled
+		return landing{}, false, true
 	}
 	f.c.Stats.OpenFiles.Add(1)
-	return landing{m: m, file: file, part: path, final: finalOf(path), written: min(max(st.Size()-HeaderSize, 0), m.Size)}, true
+	return landing{m: m, file: file, part: path, final: finalOf(path), written: min(max(st.Size()-HeaderSize, 0), m.Size)}, true, false
 }
+
+// errOtherVersion says that the fill another process runs is of another version than
+// the one a follower wants.
+var errOtherVersion = errors.New("cache: another process fills another version")
 
 // fillLocked fills, holding the key's lock: it continues the .part this process
 // followed, or the one a dead filler's record names, or starts a new one.

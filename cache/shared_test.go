@@ -566,3 +566,53 @@ func TestSharedNoWindows(t *testing.T) {
 		t.Errorf("%d ranged GETs (windows) for one client's six far ranges in a shared cache", ranged)
 	}
 }
+
+// TestSharedNewVersionBesideAnOldFill: the base changes a file while another process
+// fills the version it had. A request for the new version waited for that fill, which
+// it could neither follow nor take over, and failed with a 504 at the stall limit (190 s
+// by default; an attacker's review found it). Now it streams the new version through a
+// file of its own, with a GET of its own, and caches nothing: the old fill goes on.
+func TestSharedNewVersionBesideAnOldFill(t *testing.T) {
+	b := newTestBase(t)
+	b.put("/v.bin", content("v", 16<<20, 1))
+	b.mu.Lock()
+	b.throttle = 150 * time.Millisecond // the old version's fill crawls
+	b.mu.Unlock()
+	dir := t.TempDir()
+	open := func() *Cache {
+		c, err := Open(Config{Dir: dir, MaxBytes: 1 << 30, Base: b.URL, UserAgent: "offload/test", Timeout: time.Second,
+			Shared: true, Logf: quietAfter(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		return c
+	}
+	c1 := open()
+	h1, err := c1.Get(context.Background(), "/v.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h1.Release()
+	time.Sleep(500 * time.Millisecond)
+	v2 := content("v", 16<<20, 2)
+	b.mu.Lock()
+	b.files["/v.bin"] = v2
+	b.mtime["/v.bin"] = b.mtime["/v.bin"].Add(time.Hour)
+	b.throttle = 0
+	b.mu.Unlock()
+	c2 := open()
+	start := time.Now()
+	h2, err := c2.Get(context.Background(), "/v.bin")
+	if err != nil {
+		t.Fatalf("a request for the base's current version beside another process's fill of the old: %v", err)
+	}
+	got, err := io.ReadAll(h2.Reader(context.Background(), 0, h2.Meta.Size))
+	h2.Release()
+	if err != nil || !bytes.Equal(got, v2) {
+		t.Fatalf("the new version: %d bytes, %v, equal %v", len(got), err, bytes.Equal(got, v2))
+	}
+	if d := time.Since(start); d > c2.stallLimit()/2 {
+		t.Errorf("the new version took %v (the stall limit is %v)", d, c2.stallLimit())
+	}
+}
