@@ -6,8 +6,8 @@
 #   scripts/bench.sh [OUTPUT.md]
 # Environment: ROUNDS (default 3), SLOW_CONNS (10000), SLOW_SECS (20), SLOW_RATE (4K),
 # COLD_MB (384: size of each of the 8 cold files of 5.; at 128 a round lasts under a
-# second, and its p99 is the second-worst of ~150 probes), ONLY=cold (run 5. alone),
-# ONLY=tls (run 6., HTTPS, alone), TLS_SLOW ("2000 9000": slow HTTPS downloads held in 6.).
+# second, and its p99 is the second-worst of ~150 probes), COLD_ROUNDS (8: rounds of 5., after one not counted), ONLY=cold (run 5. alone),
+# ONLY=tls (run 6., HTTPS, alone), TLS_ROUNDS (7), TLS_SLOW ("2000 9000": slow HTTPS downloads held in 6.).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench-results.md}
@@ -42,9 +42,10 @@ head -c $((10 << 20)) /dev/urandom > "$work/www/10m.bin"
 head -c $((1 << 30)) /dev/urandom > "$work/www/1g.bin"
 head -c $((100 << 20)) /dev/urandom > "$work/www/cold100m.bin"
 cp "$work/www/cold100m.bin" "$work/www/cold100m-paced.bin"
-COLD_MB=${COLD_MB:-384}
-for i in 1 2 3 4 5 6 7 8; do head -c $((COLD_MB << 20)) /dev/urandom > "$work/www/disk$i.bin"; done
-chmod 644 "$work"/www/*
+COLD_MB=${COLD_MB:-384}; COLD_ROUNDS=${COLD_ROUNDS:-8}; TLS_ROUNDS=${TLS_ROUNDS:-7}
+mkdir -p "$work/www/s0"
+for i in 1 2 3 4 5 6 7 8; do head -c $((COLD_MB << 20)) /dev/urandom > "$work/www/s0/disk$i.bin"; done
+chmod -R a+rX "$work/www"
 
 # HTTPS: one ECDSA P-256 certificate for 127.0.0.1, used by both servers.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
@@ -97,26 +98,36 @@ cold_disk() {
   echo "bench: 5. cold disk: 8 clients read 8 different cached ${COLD_MB} MiB files, page cache emptied first, while a probe asks for the hot 1 KiB file"
   # As nginx's aio threads use the second core for the reads and copies of cold data,
   # offload runs here with its default, one loop per core (2 here).
+  # The servers read the same files, and offload reads them from its local copy of the
+  # web space (--docroot: the same loop, disk pool and sendfile as its cache files):
+  # the virtual disk here is cached by its host, and its speed for a file depends on
+  # the file's history and on how lately anyone read it, whatever this machine's page
+  # cache holds (three cold reads of the same 1.1 GiB in a row: 707, 1824, 3706 MiB/s;
+  # one copy of the files read at 750 MiB/s a round by nginx-aio, another at 1550). So
+  # there are four copies, each read once a round, and the copy each server reads turns
+  # with the rounds (a Latin square: over four rounds each server reads each copy once);
+  # the first round is not counted.
   kill "$OFF_PID"; wait "$OFF_PID" 2>/dev/null || true
-  OFF_LOOPS=$(nproc) start_offload
-  local urls_off="" urls_ngx="" urls_aio=""
-  for i in 1 2 3 4 5 6 7 8; do
-    curl -sf -o /dev/null "$OFF/disk$i.bin"
-    urls_off="$urls_off $OFF/disk$i.bin"; urls_ngx="$urls_ngx $NGX/disk$i.bin"; urls_aio="$urls_aio http://127.0.0.1:$AIO_PORT/disk$i.bin"
-  done
+  OFF_LOOPS=$(nproc) OFF_ARGS="--docroot $work/www" start_offload
+  for k in 1 2 3; do cp -r "$work/www/s0" "$work/www/s$k"; done
+  chmod -R a+rX "$work/www"
+  for k in 0 1 2 3; do for i in 1 2 3 4 5 6 7 8; do curl -sf -o /dev/null -r 0-0 "$OFF/s$k/disk$i.bin"; done; done
   curl -sf -o /dev/null "$OFF/1k.bin"; curl -sf -o /dev/null "$OFF/1k.bin"
+  local servers=(off ngx aio floor)
   : > "$work/cold_rows"
-  for round in $(seq "$ROUNDS"); do
+  for round in $(seq 0 "$COLD_ROUNDS"); do
     # floor: the same cold load on nginx-aio while the probe asks an idle offload, which
     # shows what the probe's latency owes to the machine (two cores for servers, client
     # and loopback) rather than to the server under load.
-    for t in off ngx aio floor; do
-      case $t in off) urls=$urls_off; probe=$OFF/1k.bin ;; ngx) urls=$urls_ngx; probe=$NGX/1k.bin ;;
-        aio) urls=$urls_aio; probe=http://127.0.0.1:$AIO_PORT/1k.bin ;; floor) urls=$urls_aio; probe=$OFF/1k.bin ;; esac
-      # shellcheck disable=SC2086
+    for j in 0 1 2 3; do
+      local t=${servers[$j]} set=s$(( (j + round) % 4 )) host urls=""
+      case $t in off) host=$OFF; probe=$OFF/1k.bin ;; ngx) host=$NGX; probe=$NGX/1k.bin ;;
+        aio) host=http://127.0.0.1:$AIO_PORT; probe=$host/1k.bin ;; floor) host=http://127.0.0.1:$AIO_PORT; probe=$OFF/1k.bin ;; esac
+      for i in 1 2 3 4 5 6 7 8; do urls="$urls $host/$set/disk$i.bin"; done
       drop=(--drop-cache "$work/www" --drop-cache "$work/cache"); [ "${COLD_DROP:-1}" = 1 ] || drop=()
+      # shellcheck disable=SC2086
       "$work/offload" bench -c 8 -n 8 "${drop[@]}" --probe "$probe" --json $urls > "$work/disk_$t.json" || true
-      echo "$round $t $(jget "$work/disk_$t.json" "['probe']['latency_ms']['P99']") $(jget "$work/disk_$t.json" "['bytes_per_second']") $(jget "$work/disk_$t.json" "['probe']['requests']")" >> "$work/cold_rows"
+      [ "$round" = 0 ] || echo "$round $t $(jget "$work/disk_$t.json" "['probe']['latency_ms']['P99']") $(jget "$work/disk_$t.json" "['bytes_per_second']") $(jget "$work/disk_$t.json" "['probe']['requests']")" >> "$work/cold_rows"
     done
   done
   D_P99_OFF=$(awk '$2=="off" {print $3}' "$work/cold_rows" | median); D_BPS_OFF=$(awk '$2=="off" {print $4}' "$work/cold_rows" | median)
@@ -130,8 +141,10 @@ cold_disk() {
   D_RBPS=$(awk '{b[$1" "$2]=$4} $2=="floor" {print b[$1" off"]/b[$1" aio"]}' "$work/cold_rows" | median)
   DEFER=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^offload_disk_deferrals_total/ {print $2}')
   COLD_TABLE=$(cat <<TABLE
-5. Cold disk: 8 clients each read a different cached ${COLD_MB} MiB file with the page cache of the files emptied first
-(offload bench --drop-cache), while 2 keep-alive connections ask for a hot 1 KiB file (--probe); medians of $ROUNDS rounds.
+5. Cold disk: 8 clients each read a different ${COLD_MB} MiB file with the page cache of the files emptied first
+(offload bench --drop-cache), while 2 keep-alive connections ask for a hot 1 KiB file (--probe); medians of $COLD_ROUNDS rounds
+(all servers read the same four copies of the files, offload from its --docroot, the copy each reads turning with the
+rounds, each copy read once a round, after a first round not counted: this machine's virtual disk is cached by its host).
 
 | server | p99 of the hot 1 KiB file, ms | aggregate MiB/s of the 8 cold readers |
 | --- | --- | --- |
@@ -152,7 +165,7 @@ https_step() {
   echo "bench: 6. HTTPS (TLS 1.3, ECDSA P-256, userspace TLS in both): one 1 GiB download, 1 KiB keep-alive, new connections, slow downloads"
   for f in 1k.bin 10m.bin 1g.bin; do curl -sf --cacert "$work/cert.pem" -o /dev/null "$offs/$f"; curl -sf --cacert "$work/cert.pem" -o /dev/null "$ngxs/$f"; done
   : > "$work/tls_rows"
-  for _ in $(seq "$ROUNDS"); do
+  for _ in $(seq "$TLS_ROUNDS"); do
     echo "t off $(curl -s --cacert "$work/cert.pem" -o /dev/null -w '%{speed_download}' "$offs/1g.bin")" >> "$work/tls_rows"
     echo "t ngx $(curl -s --cacert "$work/cert.pem" -o /dev/null -w '%{speed_download}' "$ngxs/1g.bin")" >> "$work/tls_rows"
     echo "k off $(wrk -t1 -c64 -d5s "$offs/1k.bin" | awk '/Requests\/sec/ {print $2}')" >> "$work/tls_rows"
@@ -161,9 +174,13 @@ https_step() {
     echo "h ngx $(wrk -t1 -c64 -d5s -H 'Connection: close' "$ngxs/1k.bin" | awk '/Requests\/sec/ {print $2}')" >> "$work/tls_rows"
   done
   row() { awk -v k="$1" -v t="$2" '$1==k && $2==t {print $3}' "$work/tls_rows" | median; }
+  # The median of each round's ratio (the two ran back to back): this machine's speed
+  # drifts by a fifth from one round to the next, more than between the servers.
+  rratio() { awk -v k="$1" '$1==k && $2=="off" {o=$3} $1==k && $2=="ngx" && $3 > 0 {print o/$3}' "$work/tls_rows" | median; }
   TT_OFF=$(row t off); TT_NGX=$(row t ngx); TK_OFF=$(row k off); TK_NGX=$(row k ngx); TH_OFF=$(row h off); TH_NGX=$(row h ngx)
   TLS_TABLE=$(cat <<TABLE
-6. HTTPS (TLS 1.3, ECDSA P-256; this kernel has no kTLS, so both encrypt in userspace); offload --loops 1, nginx 1 worker; medians of $ROUNDS rounds.
+6. HTTPS (TLS 1.3, ECDSA P-256; this kernel has no kTLS, so both encrypt in userspace); offload --loops 1, nginx 1 worker; medians of $TLS_ROUNDS rounds
+(both in turn in each round; nginx negotiates TLS_AES_256_GCM_SHA384 with curl and wrk, offload TLS_AES_128_GCM_SHA256, as Go prefers with AES hardware).
 
 | measurement | offload | nginx | offload / nginx |
 | --- | --- | --- | --- |
@@ -192,6 +209,7 @@ TABLE
   HS=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^offload_tls_handshakes_total/ {printf "%s %s; ", $1, $2}')
   TLS_TABLE="$TLS_TABLE
 
+offload / nginx, the median of each round's ratio: one download $(printf %.2f "$(rratio t)"), keep-alive $(printf %.2f "$(rratio k)"), new connections $(printf %.2f "$(rratio h)").
 Each round (offload, nginx): 1 GiB MiB/s $(awk '$1=="t" {printf "%s %.0f%s", ($2=="off" ? "(" : ""), $3/1048576, ($2=="off" ? "," : ") ")}' "$work/tls_rows");
 keep-alive req/s $(awk '$1=="k" {printf "%s %.0f%s", ($2=="off" ? "(" : ""), $3, ($2=="off" ? "," : ") ")}' "$work/tls_rows");
 new connections/s $(awk '$1=="h" {printf "%s %.0f%s", ($2=="off" ? "(" : ""), $3, ($2=="off" ? "," : ") ")}' "$work/tls_rows").

@@ -833,7 +833,7 @@ func (c *conn) send() sendResult {
 			}
 		}
 		off := c.h.FileOffset(c.off)
-		if c.srv.disk != nil && off+n > c.loaded && (!c.srv.disk.resident(c.fd, off) || !c.srv.disk.resident(c.fd, off+n-1)) {
+		if c.srv.disk != nil && c.tls == nil && off+n > c.loaded && (!c.srv.disk.resident(c.fd, off) || !c.srv.disk.resident(c.fd, off+n-1)) {
 			// The next bytes are on the disk, not in memory: a worker reads them in.
 			return c.deferToDisk(off, min(int64(diskLoad), c.h.FileOffset(min(c.end, avail))-off))
 		}
@@ -846,6 +846,7 @@ func (c *conn) send() sendResult {
 		var w int
 		switch {
 		case c.tls != nil:
+			// HTTPS reads its bytes, and the read is the probe (readInMemory).
 			w, err = c.tlsSendFile(off, int(n))
 		case c.copyMode:
 			w, err = c.copyOut(off, int(n))
@@ -863,6 +864,13 @@ func (c *conn) send() sendResult {
 			c.setDeadline(c.srv.cfg.Timeout)
 		}
 		switch {
+		case err == errNotInMemory:
+			// The rest of the chunk is on the disk, not in memory: a worker reads it in.
+			if c.off >= c.end {
+				continue
+			}
+			next := off + int64(w)
+			return c.deferToDisk(next, min(int64(diskLoad), c.h.FileOffset(min(c.end, avail))-next))
 		case err == unix.EAGAIN:
 			return c.waitWritable()
 		case err == unix.EINTR:

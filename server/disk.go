@@ -55,6 +55,8 @@ type diskPool struct {
 	// to make a disk fail at a known place, whatever the kernel read ahead meanwhile.
 	read     func(fd int, p []byte, off int64) (int, error)
 	resident func(fd int, off int64) bool
+	// cached is the HTTPS path's read: only what is in memory (readInMemory).
+	cached func(fd int, p []byte, off int64) (int, error)
 
 	mu     sync.Mutex // protects jobs and closed
 	cond   *sync.Cond
@@ -63,7 +65,7 @@ type diskPool struct {
 }
 
 func newDiskPool(workers int, m *metrics) *diskPool {
-	p := &diskPool{workers: workers, metrics: m, read: unix.Pread, resident: inMemory}
+	p := &diskPool{workers: workers, metrics: m, read: unix.Pread, resident: inMemory, cached: readInMemory}
 	p.cond = sync.NewCond(&p.mu)
 	for range workers {
 		go p.run()
@@ -181,4 +183,30 @@ func inMemory(fd int, off int64) bool {
 		probeUnsupported.Store(true)
 	}
 	return true // other errors: let sendfile meet them and say so
+}
+
+// readInMemory reads into p from off what of it is in the page cache, without blocking
+// (preadv2 with RWF_NOWAIT): up to the first page that is not, and unix.EAGAIN when
+// that is the first. HTTPS reads its bytes anyway, so this read is its probe too: it
+// costs no system call beyond the pread it replaces, where the sendfile path probes a
+// chunk's first and last page apart. Where the probe is unsupported, a plain pread.
+func readInMemory(fd int, p []byte, off int64) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if probeUnsupported.Load() {
+		return unix.Pread(fd, p, off)
+	}
+	iov := unix.Iovec{Base: &p[0]}
+	iov.SetLen(len(p))
+	r, _, errno := unix.Syscall6(unix.SYS_PREADV2, uintptr(fd), uintptr(unsafe.Pointer(&iov)), 1,
+		uintptr(off), 0, unix.RWF_NOWAIT)
+	switch errno {
+	case 0:
+		return int(r), nil
+	case unix.EOPNOTSUPP, unix.EINVAL, unix.ENOSYS:
+		probeUnsupported.Store(true)
+		return unix.Pread(fd, p, off)
+	}
+	return 0, errno
 }

@@ -592,13 +592,17 @@ func TestColdFileManyClientsOneGET(t *testing.T) {
 			defer wg.Done()
 			resp, err := http.Get(s.url + "/cold.bin")
 			if err != nil {
-				bad.Add(1)
+				if bad.Add(1) == 1 {
+					t.Logf("first failure: %v", err)
+				}
 				return
 			}
 			body, err := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if err != nil || sha256.Sum256(body) != want {
-				bad.Add(1)
+				if bad.Add(1) == 1 {
+					t.Logf("first failure: status %d, %d bytes, %v", resp.StatusCode, len(body), err)
+				}
 			}
 		}()
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -39,8 +40,16 @@ import (
 // so a body from a file is read with pread into a pooled buffer rather than sent with
 // sendfile.
 
-// maxTLSChunk is the most plaintext encrypted per write call: four full records.
-const maxTLSChunk = 64 << 10
+// maxTLSChunk is the most plaintext encrypted per write call: two full records. One
+// HTTPS download of 1 GiB with curl, builds alternating with nginx in each round (ten
+// rounds, median of the ratios to nginx): 16 KiB 0.96x, 32 KiB 0.99-1.06x, 64 KiB
+// 0.93-0.94x, 256 KiB 0.89x. Smaller writes let the client start decrypting sooner;
+// each costs four system calls beside its encryption (the socket's room, twice; the
+// read; the write).
+const maxTLSChunk = 32 << 10
+
+// tlsReadBufs hold a chunk of a data file's bytes on their way to encryption.
+var tlsReadBufs = sync.Pool{New: func() any { b := make([]byte, maxTLSChunk); return &b }}
 
 // smallTLSWrite is the most plaintext written without asking the socket for its room
 // first: a response head with a small body, one record. Two system calls would cost
@@ -536,7 +545,8 @@ func (c *conn) tlsWrite(a, b []byte) (int, error) {
 
 // tlsSendFile sends n bytes of the data file from off: pread into a pooled buffer,
 // encrypt, write. Like copyOut, bytes the socket has no room for are read again
-// later rather than held.
+// later rather than held. Past what a disk job loaded, the read takes only what is in
+// memory, and errNotInMemory (with the bytes sent before it) says where that ended.
 func (c *conn) tlsSendFile(off int64, n int) (int, error) {
 	if len(c.tls.left) > 0 {
 		return 0, unix.EAGAIN
@@ -545,9 +555,21 @@ func (c *conn) tlsSendFile(off int64, n int) (int, error) {
 	if room <= 0 {
 		return 0, unix.EAGAIN
 	}
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	r, err := unix.Pread(c.fd, (*bp)[:min(n, room, len(*bp))], off)
+	bp := tlsReadBufs.Get().(*[]byte)
+	defer tlsReadBufs.Put(bp)
+	p := (*bp)[:min(n, room, len(*bp))]
+	var r int
+	var err error
+	short := false // the read stopped at a page that is not in memory
+	if d := c.srv.disk; d != nil && off+int64(len(p)) > c.loaded {
+		r, err = d.cached(c.fd, p, off)
+		if err == unix.EAGAIN {
+			return 0, errNotInMemory
+		}
+		short = r > 0 && r < len(p)
+	} else {
+		r, err = unix.Pread(c.fd, p, off)
+	}
 	if r <= 0 {
 		if err == nil {
 			return 0, nil // shorter than its metadata: send reports it
@@ -562,8 +584,15 @@ func (c *conn) tlsSendFile(off int64, n int) (int, error) {
 		return 0, err
 	}
 	c.noteSent(r)
+	if short {
+		return r, errNotInMemory
+	}
 	return r, nil
 }
+
+// errNotInMemory says the next bytes of the data file are on the disk only: send hands
+// their read to the disk pool.
+var errNotInMemory = errors.New("server: not in memory")
 
 // tlsSendWire writes the records crypto/tls just made; what the socket does not take
 // waits in c.tls.left, copied to its own size so that no pooled buffer waits with it.

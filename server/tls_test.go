@@ -126,6 +126,8 @@ func TestOverTLS(t *testing.T) {
 		{"InputDoesNotRenewTheSendTimeout", TestInputDoesNotRenewTheSendTimeout},
 		{"StalledReaderOfAFillIsDropped", TestStalledReaderOfAFillIsDropped},
 		{"SlowReaderOfAClosingAnswerGetsItAll", TestSlowReaderOfAClosingAnswerGetsItAll},
+		{"ColdPagesGoToTheDiskPool", TestColdPagesGoToTheDiskPool},
+		{"DiskErrorEndsOneConnection", TestDiskErrorEndsOneConnection},
 	}
 	tlsMode = true
 	defer func() { tlsMode = false }()
