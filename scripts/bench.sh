@@ -108,7 +108,7 @@ cold_disk() {
   # with the rounds (a Latin square: over four rounds each server reads each copy once);
   # the first round is not counted.
   kill "$OFF_PID"; wait "$OFF_PID" 2>/dev/null || true
-  OFF_LOOPS=$(nproc) OFF_ARGS="--docroot $work/www" start_offload
+  OFF_LOOPS=${COLD_LOOPS:-$(nproc)} OFF_ARGS="--docroot $work/www" start_offload
   for k in 1 2 3; do cp -r "$work/www/s0" "$work/www/s$k"; done
   chmod -R a+rX "$work/www"
   for k in 0 1 2 3; do for i in 1 2 3 4 5 6 7 8; do curl -sf -o /dev/null -r 0-0 "$OFF/s$k/disk$i.bin"; done; done
@@ -148,7 +148,7 @@ rounds, each copy read once a round, after a first round not counted: this machi
 
 | server | p99 of the hot 1 KiB file, ms | aggregate MiB/s of the 8 cold readers |
 | --- | --- | --- |
-| offload (--disk-workers 16, --loops $(nproc)) | $D_P99_OFF | $(awk -v v="$D_BPS_OFF" 'BEGIN{printf "%.0f", v/1048576}') |
+| offload (--disk-workers 16, --loops ${COLD_LOOPS:-$(nproc)}) | $D_P99_OFF | $(awk -v v="$D_BPS_OFF" 'BEGIN{printf "%.0f", v/1048576}') |
 | nginx, sendfile on | $D_P99_NGX | $(awk -v v="$D_BPS_NGX" 'BEGIN{printf "%.0f", v/1048576}') |
 | nginx, sendfile on + aio threads (1 worker, thread pool of 32) | $D_P99_AIO | $(awk -v v="$D_BPS_AIO" 'BEGIN{printf "%.0f", v/1048576}') |
 

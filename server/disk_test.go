@@ -217,3 +217,34 @@ func metricValue(t *testing.T, s *Server, name string) float64 {
 	t.Fatalf("no metric %s", name)
 	return 0
 }
+
+// TestRAPiece: the read-ahead piece of a file on this machine's disk is what its
+// block device says, read from sysfs.
+func TestRAPiece(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "ra")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := raPiece(int(f.Fd()))
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	dir := fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
+	ra, err := readKB(dir + "/queue/read_ahead_kb")
+	if err != nil {
+		ra, err = readKB(dir + "/../queue/read_ahead_kb")
+	}
+	if err != nil {
+		t.Logf("no block device under %s (%v): piece %d", dir, err, got)
+		if got != minRAPiece {
+			t.Errorf("piece %d, want the default %d", got, minRAPiece)
+		}
+		return
+	}
+	t.Logf("read_ahead_kb %d: piece %d KiB", ra, got>>10)
+	if got < min(ra<<10, 64<<20) || got < minRAPiece || got > 64<<20 {
+		t.Errorf("piece %d for read_ahead_kb %d", got, ra)
+	}
+}
