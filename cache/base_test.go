@@ -36,6 +36,8 @@ type testBase struct {
 	// GETs go at full speed): a slow base for the far-range tests.
 	throttle time.Duration
 	ranged   map[string]int // GETs with a Range header, by path
+	// headHook, when set, runs before a HEAD is answered, with the path and its count.
+	headHook func(path string, n int)
 	status   map[string]int // answer this status instead
 	totalG   atomic.Int64
 }
@@ -115,10 +117,14 @@ func (b *testBase) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	mtime := b.mtime[path]
 	cut, hasCut := b.cut[path]
 	delay, status, noETag, throttle := b.delay, b.status[path], b.noETag, b.throttle
+	headHook, nHeads := b.headHook, b.heads[path]
 	if r.Method == http.MethodGet && r.Header.Get("Range") != "" {
 		b.ranged[path]++
 	}
 	b.mu.Unlock()
+	if r.Method == http.MethodHead && headHook != nil {
+		headHook(path, nHeads)
+	}
 	if status != 0 {
 		if status == 401 {
 			w.Header().Set("WWW-Authenticate", `Basic realm="x"`)

@@ -582,8 +582,17 @@ func (c *Cache) get(ctx context.Context, path string, metaOnly bool, from, end i
 	if metaOnly {
 		return &Handle{Meta: *m}, nil
 	}
+	f, done := c.startFill(ctx, key, tgt, m, true)
+	if done != nil {
+		// Filled while our HEAD was out.
+		done.confirm(clientOf(ctx))
+		if h, err := fromCache(done, false); err == nil {
+			return h, nil
+		}
+		f, _ = c.startFill(ctx, key, tgt, m, false)
+	}
 	c.Stats.Misses.Add(1)
-	return c.fillHandle(ctx, c.startFill(ctx, key, tgt, m), key, tgt, m, from, end)
+	return c.fillHandle(ctx, f, key, tgt, m, from, end)
 }
 
 // hit opens a handle on a committed entry.

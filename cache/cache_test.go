@@ -685,3 +685,71 @@ func TestWindowForFarRange(t *testing.T) {
 		t.Errorf("%d GETs in all, want 2 (the fill and the window)", gets)
 	}
 }
+
+// TestFillCommittedDuringHEAD: a request that found nothing in the cache and whose HEAD
+// is still out when another request's fill of the same version commits is served
+// from that entry. Before, it found no fill in progress and started a second one: a
+// second GET of the whole file (and, with a third request, a third, whose commit
+// dropped the second's entry).
+func TestFillCommittedDuringHEAD(t *testing.T) {
+	b := newTestBase(t)
+	data := content("f", 3<<20, 1)
+	b.put("/f.bin", data)
+	c := openCache(t, b, t.TempDir(), nil)
+	gate := make(chan struct{})
+	second := make(chan struct{})
+	release := make(chan struct{})
+	b.mu.Lock()
+	b.gate["/f.bin"] = gate // the first fill's GET waits
+	b.headHook = func(path string, n int) {
+		if n == 2 { // the second request's HEAD: answered once the first fill committed
+			close(second)
+			<-release
+		}
+	}
+	b.mu.Unlock()
+	results := make(chan []byte, 2)
+	fetch := func() {
+		h, err := get(t, c, "/f.bin")
+		if err != nil {
+			t.Errorf("Get: %v", err)
+			results <- nil
+			return
+		}
+		got, _ := readAll(t, h)
+		results <- got
+	}
+	go fetch()
+	deadline := time.Now().Add(5 * time.Second)
+	for c.fillsInProgress() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the first fill never started")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	go fetch() // finds nothing cached, and its HEAD waits
+	<-second
+	close(gate)
+	for c.Stats.Fills.Load() != 1 || c.fillsInProgress() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the first fill never ended")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(release)
+	for range 2 {
+		if got := <-results; !bytes.Equal(got, data) {
+			t.Fatalf("a request got %d bytes, want %d", len(got), len(data))
+		}
+	}
+	if heads, gets := b.counts("/f.bin"); heads != 2 || gets != 1 {
+		t.Errorf("base saw %d HEADs and %d GETs, want 2 and 1", heads, gets)
+	}
+}
+
+// fillsInProgress is the number of fills in c.fills.
+func (c *Cache) fillsInProgress() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.fills)
+}

@@ -59,20 +59,28 @@ type fill struct {
 }
 
 // startFill joins the fill in progress for key or starts one; a new fill asks the base
-// for the client named in ctx (forward.go), whose HEAD found the file.
-func (c *Cache) startFill(ctx context.Context, key, tgt string, want *Meta) *fill {
+// for the client named in ctx (forward.go), whose HEAD found the file. With reuse, when
+// no fill is in progress but the index has want's version, it returns that entry
+// instead: a fill that committed while the caller's HEAD was out (a commit indexes its
+// entry before it leaves c.fills) must not be followed by a second GET of the same file.
+func (c *Cache) startFill(ctx context.Context, key, tgt string, want *Meta, reuse bool) (*fill, *entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f := c.fills[key]; f != nil {
 		f.reserve()
-		return f
+		return f, nil
+	}
+	if reuse && c.index != nil {
+		if e, ok := c.index.Get(key); ok && e != nil && SameVersion(&e.meta, want) {
+			return nil, e
+		}
 	}
 	f := &fill{c: c, key: key, target: tgt, want: want, end: want.Size, ready: make(chan struct{}), reserved: 1,
 		ctx: WithClient(context.Background(), clientOf(ctx))}
 	c.fills[key] = f
 	c.Stats.Fills.Add(1)
 	go f.run()
-	return f
+	return f, nil
 }
 
 func (f *fill) reserve() {

@@ -113,7 +113,8 @@ func (c *Cache) getShared(ctx context.Context, path string, metaOnly bool, from,
 	}
 	c.Stats.Misses.Add(1)
 	c.bumpHits(key)
-	return c.fillHandle(ctx, c.startFill(ctx, key, tgt, m), key, tgt, m, from, end)
+	f, _ := c.startFill(ctx, key, tgt, m, false) // a shared cache has no index in memory
+	return c.fillHandle(ctx, f, key, tgt, m, from, end)
 }
 
 // openCurrent opens key's current data file through its pointer, with a shared flock

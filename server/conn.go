@@ -866,11 +866,11 @@ func (c *conn) send() sendResult {
 		switch {
 		case err == errNotInMemory:
 			// The rest of the chunk is on the disk, not in memory: a worker reads it in.
-			if c.off >= c.end {
-				continue
+			next := c.h.FileOffset(c.off)
+			if left := c.h.FileOffset(min(c.end, avail)) - next; left > 0 {
+				return c.deferToDisk(next, min(int64(diskLoad), left))
 			}
-			next := off + int64(w)
-			return c.deferToDisk(next, min(int64(diskLoad), c.h.FileOffset(min(c.end, avail))-next))
+			continue
 		case err == unix.EAGAIN:
 			return c.waitWritable()
 		case err == unix.EINTR:
@@ -902,6 +902,9 @@ func (c *conn) nextPart() {
 		r := c.ranges[c.part]
 		buf.B = proto.AppendPartHead(buf.B, c.part, r, m.ContentType, m.Size)
 		c.off, c.end = r.Start, r.Start+r.Length
+		// What a disk job loaded for the part before says nothing of this one's bytes
+		// (parts come in the client's order, not the file's).
+		c.loaded, c.requested = 0, 0
 	} else {
 		buf.B = proto.AppendPartsEnd(buf.B)
 		// The closing delimiter is the answer's last bytes: free the slot first (see send).

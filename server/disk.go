@@ -254,9 +254,11 @@ func readInMemory(fd int, p []byte, off int64) (int, error) {
 	switch errno {
 	case 0:
 		return int(r), nil
+	case unix.EAGAIN:
+		return 0, unix.EAGAIN
 	case unix.EOPNOTSUPP, unix.EINVAL, unix.ENOSYS:
 		probeUnsupported.Store(true)
-		return unix.Pread(fd, p, off)
 	}
-	return 0, errno
+	// Anything else (EPERM from a seccomp filter, say): a plain read says what it is.
+	return unix.Pread(fd, p, off)
 }

@@ -76,7 +76,8 @@ func TestColdPagesGoToTheDiskPool(t *testing.T) {
 	// A warm download defers (almost) nothing. Over HTTPS every page is read with
 	// RWF_NOWAIT, and one the kernel has just reclaimed (this machine runs DAMON's
 	// proactive reclaim) or holds locked stops that read: two such chunks of the 768
-	// (32 KiB each) are allowed, a probe that misfires would defer hundreds.
+	// (32 KiB each) are allowed; a probe that always misfired would defer about 12
+	// times (each deferral loads 2 MiB).
 	before = metricValue(t, s.Server, "offload_disk_deferrals_total")
 	httpGetWithin(t, 20*time.Second, s.url+"/cold.bin")
 	if d := metricValue(t, s.Server, "offload_disk_deferrals_total") - before; d > 2 {
