@@ -84,7 +84,7 @@ nginx_conf peer "$NGINX_PORT" "$PEER_TLS"
 AIO_PORT=$(free_port)
 nginx_conf aio "$AIO_PORT" "aio threads;"
 start_offload() {
-  "$work/offload" serve --base "http://127.0.0.1:$BASE_PORT" --listen "127.0.0.1:$OFF_PORT" --admin "127.0.0.1:$ADMIN_PORT" \
+  env ${OFF_ENV:-} "$work/offload" serve --base "http://127.0.0.1:$BASE_PORT" --listen "127.0.0.1:$OFF_PORT" --admin "127.0.0.1:$ADMIN_PORT" \
     --tls-listen "127.0.0.1:$OFF_TLS_PORT" --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" --max-conns 20000 --max-conns-per-ip 0 \
     --cache "$work/cache" --max-dupes 0 --revalidate 1h --loops "${OFF_LOOPS:-1}" ${OFF_ARGS:-} 2>> "$work/offload.log" &
   OFF_PID=$!

@@ -785,12 +785,33 @@ func (c *conn) send() sendResult {
 			c.disk = nil
 			if j.err != nil {
 				// Never a silently short body: the client sees the connection end.
-				c.srv.cfg.Logf("server: %s: disk read at %d: %v", c.req.Path, j.off, j.err)
+				c.srv.cfg.Logf("server: %s: disk read at %d: %v", c.req.Path, j.off+j.sent, j.err)
 				c.failed = true
 				return sendFailed
 			}
-			c.loaded = j.off + j.n
-			c.requested = c.loaded + diskAhead // load asked the kernel for this much
+			c.requested = j.off + j.n + diskAhead // load asked the kernel for this much
+			if j.sock < 0 {
+				c.loaded = j.off + j.n
+			} else {
+				// The worker sent what it read in.
+				if j.sent > 0 {
+					c.off += j.sent
+					c.sent += j.sent
+					c.setDeadline(c.srv.cfg.Timeout)
+				}
+				switch {
+				case j.sendErr == errShortFile:
+					c.srv.cfg.Logf("server: %s: data file shorter than its metadata", c.req.Path)
+					c.failed = true
+					return sendFailed
+				case j.sendErr != nil:
+					c.failed = true
+					return sendFailed // the client went away
+				case j.full:
+					return c.waitWritable()
+				}
+				continue
+			}
 		}
 		if c.off >= c.end {
 			if c.ranges == nil || c.part > len(c.ranges) {
@@ -833,9 +854,22 @@ func (c *conn) send() sendResult {
 			}
 		}
 		off := c.h.FileOffset(c.off)
-		if c.srv.disk != nil && c.tls == nil && off+n > c.loaded && (!c.srv.disk.resident(c.fd, off) || !c.srv.disk.resident(c.fd, off+n-1)) {
-			// The next bytes are on the disk, not in memory: a worker reads them in.
-			return c.deferToDisk(off, min(int64(diskLoad), c.h.FileOffset(min(c.end, avail))-off))
+		if c.srv.disk != nil && c.tls == nil && !c.copyMode && n > 1 &&
+			(c.requested > 0 || off+n > c.loaded && (!c.srv.disk.resident(c.fd, off) || !c.srv.disk.resident(c.fd, off+n-1))) {
+			// A download whose next bytes are on the disk, or that met the disk before:
+			// a worker reads them in and sends them (up to diskLoad at a time), as
+			// nginx's "aio threads" do, so that neither the disk's waits nor the cold
+			// download's sendfile calls hold up the loop's other clients. The last byte
+			// of a download with a slot is the loop's (see above).
+			m := min(int64(diskLoad), min(c.end, avail)-c.off)
+			if c.slot != "" && c.ranges == nil && c.off+m == c.end {
+				m--
+			}
+			return c.deferToDisk(off, m, true)
+		}
+		if c.srv.disk != nil && c.tls == nil && c.copyMode && off+n > c.loaded && (!c.srv.disk.resident(c.fd, off) || !c.srv.disk.resident(c.fd, off+n-1)) {
+			// The copy path (no sendfile): a worker reads the bytes in.
+			return c.deferToDisk(off, min(int64(diskLoad), c.h.FileOffset(min(c.end, avail))-off), false)
 		}
 		if c.requested > 0 && off+n > c.requested-diskAhead/2 && c.requested < c.h.FileOffset(c.end) {
 			// A download that met the disk: keep the kernel reading ahead of it, so it
@@ -868,7 +902,7 @@ func (c *conn) send() sendResult {
 			// The rest of the chunk is on the disk, not in memory: a worker reads it in.
 			next := c.h.FileOffset(c.off)
 			if left := c.h.FileOffset(min(c.end, avail)) - next; left > 0 {
-				return c.deferToDisk(next, min(int64(diskLoad), left))
+				return c.deferToDisk(next, min(int64(diskLoad), left), false)
 			}
 			continue
 		case err == unix.EAGAIN:
@@ -955,19 +989,30 @@ func (c *conn) waitWritable() sendResult {
 	return sendBlocked
 }
 
-// deferToDisk hands the read of [off, off+n) of the data file to the disk pool and
-// waits for it as for a full socket. The worker reads from a duplicate of the
-// descriptor, which it closes: nothing it holds can be closed under it.
-func (c *conn) deferToDisk(off, n int64) sendResult {
+// deferToDisk hands the read of [off, off+n) of the data file to the disk pool (and,
+// with send, the sendfile of those bytes to the client) and waits for it as for a
+// full socket. The worker uses duplicates of the descriptors, which it closes:
+// nothing it holds can be closed under it, nor its numbers reused.
+func (c *conn) deferToDisk(off, n int64, send bool) sendResult {
 	fd, err := unix.FcntlInt(uintptr(c.fd), unix.F_DUPFD_CLOEXEC, 0)
+	sock := -1
+	if err == nil && send {
+		if sock, err = unix.FcntlInt(uintptr(c.gc.Fd()), unix.F_DUPFD_CLOEXEC, 0); err != nil {
+			unix.Close(fd)
+		}
+	}
 	if err != nil {
 		c.srv.cfg.Logf("server: %s: dup for a disk read: %v", c.req.Path, err)
 		c.loaded = off + n // send from the loop rather than not at all
+		c.requested = 0
 		return c.send()
 	}
-	j := &diskJob{fd: fd, off: off, n: n, wake: c.wake}
+	j := &diskJob{fd: fd, off: off, n: n, wake: c.wake, sock: sock}
 	if !c.srv.disk.submit(j) {
 		unix.Close(fd)
+		if sock >= 0 {
+			unix.Close(sock)
+		}
 		return sendFailed
 	}
 	c.disk = j
@@ -981,7 +1026,7 @@ func (c *conn) prefetch(off, n int64) {
 	if err != nil {
 		return
 	}
-	if !c.srv.disk.submit(&diskJob{fd: fd, off: off, n: n}) {
+	if !c.srv.disk.submit(&diskJob{fd: fd, off: off, n: n, sock: -1}) {
 		unix.Close(fd)
 	}
 }

@@ -40,13 +40,24 @@ const (
 	diskStep = 256 << 10
 )
 
-// diskJob is one deferred read: the bytes [off, off+n) of a data file.
+// diskJob is one deferred read: the bytes [off, off+n) of a data file, and for a
+// plain-HTTP download that met the disk, their sendfile to the client as well.
 type diskJob struct {
 	fd     int // a dup of the data file's descriptor: the worker's, closed by it
 	off, n int64
 	wake   func() // resumes the connection on its loop (gnet's Wake: safe off the loop); nil for a prefetch
 	done   atomic.Bool
-	err    error // set before done
+	err    error // the disk's error; set before done
+
+	// sock, when not -1, is a dup of the client's socket (non-blocking, as gnet set
+	// it): the worker sends the bytes it read in with sendfile, as nginx's "aio
+	// threads" do, so the loop neither waits for the disk nor spends its turns on a
+	// cold download's bytes. The worker closes it. Set before done: sent, the bytes
+	// the socket took; full, it took no more (EAGAIN); sendErr, the socket's error.
+	sock    int
+	sent    int64
+	full    bool
+	sendErr error
 }
 
 // diskPool is the bounded set of workers that take page-cache misses off the loops.
@@ -61,6 +72,8 @@ type diskPool struct {
 	resident func(fd int, off int64) bool
 	// cached is the HTTPS path's read: only what is in memory (readInMemory).
 	cached func(fd int, p []byte, off int64) (int, error)
+	// sendfile is a worker's sendfile (blockingSendfile).
+	sendfile func(out, in int, off *int64, n int) (int, error)
 
 	mu     sync.Mutex // protects jobs and closed
 	cond   *sync.Cond
@@ -69,7 +82,7 @@ type diskPool struct {
 }
 
 func newDiskPool(workers int, m *metrics) *diskPool {
-	p := &diskPool{workers: workers, metrics: m, read: unix.Pread, resident: inMemory, cached: readInMemory}
+	p := &diskPool{workers: workers, metrics: m, read: unix.Pread, resident: inMemory, cached: readInMemory, sendfile: blockingSendfile}
 	p.cond = sync.NewCond(&p.mu)
 	for range workers {
 		go p.run()
@@ -121,13 +134,60 @@ func (p *diskPool) run() {
 			continue
 		}
 		start := time.Now()
-		j.err = p.load(j, buf[:])
+		if j.sock >= 0 {
+			// sendfile reads the pages in as it goes, behind the kernel's read-ahead,
+			// which is asked for the job's bytes and diskAhead past them first.
+			willNeed(j.fd, j.off, j.n+diskAhead)
+			p.send(j)
+			unix.Close(j.sock)
+		} else {
+			j.err = p.load(j, buf[:])
+		}
 		p.metrics.diskReads.Observe(time.Since(start).Seconds())
 		unix.Close(j.fd)
 		j.done.Store(true)
 		j.wake()
 	}
 }
+
+// send writes the job's bytes to its socket with sendfile until they are out, the
+// socket is full, or it fails. The socket is non-blocking: only the disk can make the
+// worker wait, never the client.
+func (p *diskPool) send(j *diskJob) {
+	off, end := j.off, j.off+j.n
+	for off < end {
+		w, err := p.sendfile(j.sock, j.fd, &off, int(end-off))
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			j.full = true
+		case err == unix.EIO:
+			j.err = err // the disk's, not the client's: logged
+		case err != nil:
+			j.sendErr = err
+		case w == 0:
+			j.sendErr = errShortFile
+		default:
+			continue
+		}
+		break
+	}
+	j.sent = off - j.off
+}
+
+// blockingSendfile is sendfile(2) for a worker: a system call the Go scheduler knows
+// may block (on the disk), so that it runs other goroutines meanwhile. It moves off.
+func blockingSendfile(out, in int, off *int64, n int) (int, error) {
+	w, _, errno := unix.Syscall6(unix.SYS_SENDFILE, uintptr(out), uintptr(in), uintptr(unsafe.Pointer(off)), uintptr(n), 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(w), nil
+}
+
+// errShortFile says a data file ended before its metadata's size.
+var errShortFile = errors.New("data file shorter than its metadata")
 
 // load brings [off, off+n) into memory and asks the kernel to read ahead what
 // follows. It copies (almost) nothing: the kernel is told to read the whole range
