@@ -236,8 +236,30 @@ func TestDaemonServesLogsAndDrains(t *testing.T) {
 	os.WriteFile(filepath.Join(b.dir, "slow.bin"), data[:2<<20], 0o644)
 	b.slow.Store(true)
 	done := make(chan [32]byte, 1)
-	go func() { s, _ := sha(t, d.url+"/slow.bin"); done <- s }()
-	time.Sleep(150 * time.Millisecond)
+	started := make(chan struct{})
+	go func() {
+		var sum [32]byte
+		defer func() { done <- sum }()
+		resp, err := http.Get(d.url + "/slow.bin")
+		close(started)
+		if err != nil {
+			t.Errorf("slow download: %v", err)
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Errorf("slow download: %v after %d bytes", err, len(body))
+		}
+		sum = sha256.Sum256(body)
+	}()
+	// SIGTERM once the answer has begun (under load, a fixed wait sent it before the
+	// client had even connected: "connection refused").
+	select {
+	case <-started:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the slow download never started")
+	}
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case s := <-done:

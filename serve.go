@@ -21,6 +21,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -372,6 +373,9 @@ func runServe(args []string) int {
 	return 0
 }
 
+// spareProcs raises GOMAXPROCS for the disk pool once (see serve).
+var spareProcs sync.Once
+
 // serve runs the daemon until SIGTERM or SIGINT; started, if not nil, gets the server
 // once it listens (the demo uses it).
 func serve(cfg *serveConfig, logger *log.Logger, started func(*server.Server)) error {
@@ -383,14 +387,15 @@ func serve(cfg *serveConfig, logger *log.Logger, started func(*server.Server)) e
 		// for a little more collector work during handshakes. GOGC overrides it.
 		debug.SetGCPercent(50)
 	}
-	if n := runtime.GOMAXPROCS(0); cfg.DiskWorkers > 0 && os.Getenv("GOMAXPROCS") == "" && n <= runtime.NumCPU() {
+	if cfg.DiskWorkers > 0 && os.Getenv("GOMAXPROCS") == "" {
 		// The disk pool's workers block in system calls (sendfile, pread) while the
 		// disk reads. Go takes a blocked goroutine's P back only when its monitor
 		// next looks, up to 10 ms later, and an event loop woken meanwhile waits for a
-		// P: with one P per core (Go's default), a few workers blocked at once held up the loops and
-		// every hot request on them. Four spare Ps (scripts/bench.sh step 5, 8 rounds:
-		// hot p99 0.98x nginx-aio's, against 1.21x with one P per core).
-		runtime.GOMAXPROCS(n + 4)
+		// P: with one P per core (Go's default), a few workers blocked at once held up
+		// the loops and every hot request on them. Four spare Ps (scripts/bench.sh
+		// step 5, 8 rounds: hot p99 0.98x nginx-aio's, against 1.21x with one P per
+		// core). Once a process: the demo and tests may serve more than once.
+		spareProcs.Do(func() { runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 4) })
 	}
 	c, err := cache.Open(cache.Config{
 		Dir: cfg.Cache, MaxBytes: cfg.CacheSize, Base: cfg.Base, BaseAddr: cfg.BaseAddr,

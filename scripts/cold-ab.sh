@@ -2,16 +2,21 @@
 # scripts/cold-ab.sh — A/B of two offload builds on the cold-disk scenario (bench.sh
 # step 5), interleaved with nginx (sendfile + aio threads) in every round, so that the
 # machine's noise hits all three alike; prints each build's throughput and hot-file p99
-# as ratios to nginx's, per round and as medians. How the disk-pool sizes were chosen.
-#   scripts/cold-ab.sh OFFLOAD_A OFFLOAD_B      (ROUNDS, default 6; COLD_MB, default 128)
+# as ratios to nginx's, per round and as medians.
+#   scripts/cold-ab.sh OFFLOAD_A OFFLOAD_B      (ROUNDS, default 6; COLD_MB, default 384)
+# As in bench.sh, all three read the same three copies of the files (the builds from
+# their --docroot), the copy each reads turning with the rounds, and a first round is
+# not counted: this machine's virtual disk is cached by its host, so that a server's
+# speed depended on which copy it read and how lately it was read.
 set -euo pipefail
-A=$(realpath "$1"); B=$(realpath "$2"); ROUNDS=${ROUNDS:-6}; MB=${COLD_MB:-128}
+A=$(realpath "$1"); B=$(realpath "$2"); ROUNDS=${ROUNDS:-6}; MB=${COLD_MB:-384}
 W=$(mktemp -d /tmp/offload-cold-ab-XXXXXX)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"' EXIT
-mkdir -p "$W/www" "$W/cA" "$W/cB" "$W/ngx"
-for i in 1 2 3 4 5 6 7 8; do head -c $((MB << 20)) /dev/urandom > "$W/www/disk$i.bin"; done
-head -c 1024 /dev/urandom > "$W/www/1k.bin"; chmod 755 "$W" "$W/www"; chmod 644 "$W"/www/*
+mkdir -p "$W/www/s0" "$W/cA" "$W/cB" "$W/ngx"
+for i in 1 2 3 4 5 6 7 8; do head -c $((MB << 20)) /dev/urandom > "$W/www/s0/disk$i.bin"; done
+cp -r "$W/www/s0" "$W/www/s1"; cp -r "$W/www/s0" "$W/www/s2"
+head -c 1024 /dev/urandom > "$W/www/1k.bin"; chmod -R a+rX "$W"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BASE=$(port); AIO=$(port); PA=$(port); PB=$(port)
 cat > "$W/ngx/nginx.conf" <<CONF
@@ -23,18 +28,23 @@ http { access_log off; sendfile on; tcp_nopush on; default_type application/octe
   server { listen 127.0.0.1:$AIO; root $W/www; aio threads; } }
 CONF
 "$(command -v nginx || echo /usr/sbin/nginx)" -c "$W/ngx/nginx.conf" & pids+=($!)
-"$A" serve --base "http://127.0.0.1:$BASE" --listen "127.0.0.1:$PA" --admin "127.0.0.1:$(port)" --cache "$W/cA" --revalidate 1h --max-dupes 0 --loops "$(nproc)" 2>/dev/null & pids+=($!)
-"$B" serve --base "http://127.0.0.1:$BASE" --listen "127.0.0.1:$PB" --admin "127.0.0.1:$(port)" --cache "$W/cB" --revalidate 1h --max-dupes 0 --loops "$(nproc)" 2>/dev/null & pids+=($!)
+for v in A B; do
+  if [ $v = A ]; then bin=$A p=$PA; else bin=$B p=$PB; fi
+  "$bin" serve --base "http://127.0.0.1:$BASE" --listen "127.0.0.1:$p" --admin "127.0.0.1:$(port)" --cache "$W/c$v" --docroot "$W/www" \
+    --revalidate 1h --max-dupes 0 --loops "$(nproc)" 2>/dev/null & pids+=($!)
+done
 for p in $BASE $PA $PB; do for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$p/1k.bin" && break; sleep 0.2; done; done
-for p in $PA $PB; do for i in 1 2 3 4 5 6 7 8; do curl -sf -o /dev/null "http://127.0.0.1:$p/disk$i.bin"; done; curl -sf -o /dev/null "http://127.0.0.1:$p/1k.bin"; done
+for p in $PA $PB; do for k in 0 1 2; do for i in 1 2 3 4 5 6 7 8; do curl -sf -o /dev/null -r 0-0 "http://127.0.0.1:$p/s$k/disk$i.bin"; done; done; done
 : > "$W/rows"
-for r in $(seq "$ROUNDS"); do
-  for t in A B aio; do
+servers=(A B aio)
+for r in $(seq 0 "$ROUNDS"); do
+  for j in 0 1 2; do
+    t=${servers[$j]}; set=s$(( (j + r) % 3 ))
     case $t in A) p=$PA;; B) p=$PB;; aio) p=$AIO;; esac
-    urls=""; for i in 1 2 3 4 5 6 7 8; do urls="$urls http://127.0.0.1:$p/disk$i.bin"; done
+    urls=""; for i in 1 2 3 4 5 6 7 8; do urls="$urls http://127.0.0.1:$p/$set/disk$i.bin"; done
     # shellcheck disable=SC2086
-    "$A" bench -c 8 -n 8 --drop-cache "$W/www" --drop-cache "$W/cA" --drop-cache "$W/cB" --probe "http://127.0.0.1:$p/1k.bin" --json $urls > "$W/r.json" || true
-    python3 -c "import json; d=json.load(open('$W/r.json')); print('$r $t', d['probe']['latency_ms']['P99'], d['bytes_per_second'])" >> "$W/rows"
+    "$A" bench -c 8 -n 8 --drop-cache "$W/www" --probe "http://127.0.0.1:$p/1k.bin" --json $urls > "$W/r.json" || true
+    [ "$r" = 0 ] || python3 -c "import json; d=json.load(open('$W/r.json')); print('$r $t', d['probe']['latency_ms']['P99'], d['bytes_per_second'])" >> "$W/rows"
   done
 done
 python3 - "$W/rows" <<'PY'

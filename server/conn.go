@@ -134,14 +134,16 @@ type conn struct {
 	// requested is how far the kernel was asked to read ahead for this download; 0
 	// until it first met the disk (downloads from memory never prefetch).
 	requested int64
-	off       int64         // next body byte to send
-	end       int64         // end of the current range
-	ranges    []proto.Range // 24 B: multi-range responses; nil otherwise
-	part      int           // next part of a multi-range response
-	slot      string        // 16 B: the limiter's download slot, "" if none
-	status    int
-	sent      int64     // bytes sent (head excluded), for the log
-	log       *logEntry // 8 B: the access-log line under way; nil when not logging
+	// jobFull: the last disk job stopped at a full socket (see send).
+	jobFull bool
+	off     int64         // next body byte to send
+	end     int64         // end of the current range
+	ranges  []proto.Range // 24 B: multi-range responses; nil otherwise
+	part    int           // next part of a multi-range response
+	slot    string        // 16 B: the limiter's download slot, "" if none
+	status  int
+	sent    int64     // bytes sent (head excluded), for the log
+	log     *logEntry // 8 B: the access-log line under way; nil when not logging
 }
 
 func newConn(s *Server, gc gnet.Conn, peer netip.Addr) *conn {
@@ -783,6 +785,11 @@ func (c *conn) send() sendResult {
 				return sendBlocked // woken for something else: the worker wakes us again
 			}
 			c.disk = nil
+			if j.sent > 0 { // the worker sent what it read in
+				c.off += j.sent
+				c.sent += j.sent
+				c.setDeadline(c.srv.cfg.Timeout)
+			}
 			if j.err != nil {
 				// Never a silently short body: the client sees the connection end.
 				c.srv.cfg.Logf("server: %s: disk read at %d: %v", c.req.Path, j.off+j.sent, j.err)
@@ -793,21 +800,21 @@ func (c *conn) send() sendResult {
 			if j.sock < 0 {
 				c.loaded = j.off + j.n
 			} else {
-				// The worker sent what it read in.
-				if j.sent > 0 {
-					c.off += j.sent
-					c.sent += j.sent
-					c.setDeadline(c.srv.cfg.Timeout)
-				}
 				switch {
+				case j.noSendfile:
+					c.copyMode = true // a file system without sendfile: copy instead
 				case j.sendErr == errShortFile:
 					c.srv.cfg.Logf("server: %s: data file shorter than its metadata", c.req.Path)
 					c.failed = true
 					return sendFailed
 				case j.sendErr != nil:
+					if !clientGone(j.sendErr) {
+						c.srv.cfg.Logf("server: %s: sendfile at %d: %v", c.req.Path, j.off+j.sent, j.sendErr)
+					}
 					c.failed = true
-					return sendFailed // the client went away
+					return sendFailed
 				case j.full:
+					c.jobFull = true
 					return c.waitWritable()
 				}
 				continue
@@ -854,6 +861,15 @@ func (c *conn) send() sendResult {
 			}
 		}
 		off := c.h.FileOffset(c.off)
+		if c.jobFull {
+			// A worker found the socket full: until it can take more, another job
+			// would only cost two dups, a read-ahead hint and an EAGAIN (a client that
+			// stopped reading and sends input would make one per segment).
+			if !writable(c.gc.Fd()) {
+				return sendBlocked // the write poller is still armed
+			}
+			c.jobFull = false
+		}
 		if c.srv.disk != nil && c.tls == nil && !c.copyMode && n > 1 &&
 			(c.requested > 0 || off+n > c.loaded && (!c.srv.disk.resident(c.fd, off) || !c.srv.disk.resident(c.fd, off+n-1))) {
 			// A download whose next bytes are on the disk, or that met the disk before:
@@ -867,8 +883,9 @@ func (c *conn) send() sendResult {
 			}
 			return c.deferToDisk(off, m, true)
 		}
-		if c.srv.disk != nil && c.tls == nil && c.copyMode && off+n > c.loaded && (!c.srv.disk.resident(c.fd, off) || !c.srv.disk.resident(c.fd, off+n-1)) {
-			// The copy path (no sendfile): a worker reads the bytes in.
+		if c.srv.disk != nil && c.tls == nil && (c.copyMode || n == 1) && off+n > c.loaded && (!c.srv.disk.resident(c.fd, off) || !c.srv.disk.resident(c.fd, off+n-1)) {
+			// The copy path (no sendfile), and single bytes (a download's last, kept
+			// for the loop; a one-byte range): a worker reads the bytes in.
 			return c.deferToDisk(off, min(int64(diskLoad), c.h.FileOffset(min(c.end, avail))-off), false)
 		}
 		if c.requested > 0 && off+n > c.requested-diskAhead/2 && c.requested < c.h.FileOffset(c.end) {
@@ -1007,7 +1024,7 @@ func (c *conn) deferToDisk(off, n int64, send bool) sendResult {
 		c.requested = 0
 		return c.send()
 	}
-	j := &diskJob{fd: fd, off: off, n: n, wake: c.wake, sock: sock}
+	j := &diskJob{fd: fd, off: off, n: n, wake: c.wake, sock: sock, hintFrom: max(off, c.requested)}
 	if !c.srv.disk.submit(j) {
 		unix.Close(fd)
 		if sock >= 0 {
@@ -1026,7 +1043,7 @@ func (c *conn) prefetch(off, n int64) {
 	if err != nil {
 		return
 	}
-	if !c.srv.disk.submit(&diskJob{fd: fd, off: off, n: n, sock: -1}) {
+	if !c.srv.disk.submit(&diskJob{fd: fd, off: off, n: n, sock: -1, hintFrom: off}) {
 		unix.Close(fd)
 	}
 }
@@ -1126,4 +1143,16 @@ func sendfile(out, in int, off *int64, n int) (int, error) {
 		return int(w), errno
 	}
 	return int(w), nil
+}
+
+// writable reports whether the socket fd can take bytes now (poll, no wait).
+func writable(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	n, err := unix.Poll(fds, 0)
+	return err != nil || n > 0 // an error: let the write say what it is
+}
+
+// clientGone says err is how a socket fails when its client left.
+func clientGone(err error) bool {
+	return err == unix.EPIPE || err == unix.ECONNRESET || err == unix.ETIMEDOUT
 }

@@ -17,13 +17,16 @@ import (
 // A page-cache miss must never stall an event loop. sendfile(2) from a file whose pages
 // are not in memory sleeps on the disk, and every connection of the loop waits with it.
 // So before it sends a chunk the loop asks, without blocking, whether the chunk's first
-// and last pages are in memory (preadv2 with RWF_NOWAIT, one byte each). On a miss it
-// hands the read to the disk pool and the connection waits, holding nothing but a small
-// job, as it waits for a full socket; a worker reads the pages in (so that the sendfile
-// that follows finds them), hints the kernel to read ahead the next ones, and wakes the
-// connection. As nginx's "aio threads", but the socket stays the loop's: a worker never
-// touches it, and reads from its own duplicate of the data file's descriptor, so neither
-// a close of the connection nor of the file can make it use a reused fd number.
+// and last pages are in memory (preadv2 with RWF_NOWAIT, one byte each). On a miss the
+// download's bytes go to the disk pool from then on, diskLoad at a time, as with
+// nginx's "aio threads": a worker hints the kernel to read them and the next ones,
+// sendfiles them to the client itself and wakes the connection, which meanwhile holds
+// nothing but a small job, as it waits for a full socket. The worker works on its own
+// duplicates of the data file's and the socket's descriptors, so neither a close of the
+// connection nor of the file can make it use a reused fd number; the socket stays
+// non-blocking, so a worker waits for the disk, never for a client, and the loop writes
+// nothing to the socket while a job runs. HTTPS, whose bytes the loop encrypts, reads
+// them with RWF_NOWAIT, and a worker only reads in what that read did not find.
 
 const (
 	// diskLoad is how much one deferral makes sure is in memory before it wakes the
@@ -58,6 +61,12 @@ type diskJob struct {
 	sent    int64
 	full    bool
 	sendErr error
+	// noSendfile: the file system has no sendfile (nothing was sent); the loop
+	// copies instead.
+	noSendfile bool
+	// hintFrom is where the read-ahead hint starts: the bytes before it were hinted
+	// by an earlier job of the same download.
+	hintFrom int64
 }
 
 // diskPool is the bounded set of workers that take page-cache misses off the loops.
@@ -137,7 +146,9 @@ func (p *diskPool) run() {
 		if j.sock >= 0 {
 			// sendfile reads the pages in as it goes, behind the kernel's read-ahead,
 			// which is asked for the job's bytes and diskAhead past them first.
-			willNeed(j.fd, j.off, j.n+diskAhead)
+			if end := j.off + j.n + diskAhead; j.hintFrom < end {
+				willNeed(j.fd, max(j.off, j.hintFrom), end-max(j.off, j.hintFrom))
+			}
 			p.send(j)
 			unix.Close(j.sock)
 		} else {
@@ -164,6 +175,8 @@ func (p *diskPool) send(j *diskJob) {
 			j.full = true
 		case err == unix.EIO:
 			j.err = err // the disk's, not the client's: logged
+		case (err == unix.EINVAL || err == unix.ENOSYS || err == unix.EOPNOTSUPP) && off == j.off:
+			j.noSendfile = true
 		case err != nil:
 			j.sendErr = err
 		case w == 0:
@@ -195,7 +208,9 @@ var errShortFile = errors.New("data file shorter than its metadata")
 // with one-byte reads spaced diskStep apart, the last on the range's last byte. A disk
 // error surfaces on those reads.
 func (p *diskPool) load(j *diskJob, buf []byte) error {
-	willNeed(j.fd, j.off, j.n+diskAhead)
+	if end := j.off + j.n + diskAhead; j.hintFrom < end {
+		willNeed(j.fd, max(j.off, j.hintFrom), end-max(j.off, j.hintFrom))
+	}
 	end := j.off + j.n
 	for off := j.off; ; off = min(off+diskStep, end-1) {
 		r, err := p.read(j.fd, buf, off)

@@ -335,3 +335,66 @@ func TestColdDownloadsSlowAndReset(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestOneByteRangeOfAColdFileIsProbed: a one-byte range of a file whose pages are on
+// the disk is read in by a worker, not sendfile'd from the loop (found by review: the
+// worker path takes two bytes or more, and one byte went out unprobed).
+func TestOneByteRangeOfAColdFileIsProbed(t *testing.T) {
+	b := newBase(t)
+	data := randomBytes(4 << 20)
+	b.write(t, "/f.bin", data)
+	var cold atomic.Bool
+	s := start(t, b, func(c *Config, l *limiter.Config, _ *cache.Config) {
+		l.MaxDupes = 0
+		c.diskPool = func(p *diskPool) {
+			p.resident = func(fd int, off int64) bool { return !cold.Load() && inMemory(fd, off) }
+		}
+	})
+	httpGetWithin(t, 10*time.Second, s.url+"/f.bin")
+	cold.Store(true)
+	before := metricValue(t, s.Server, "offload_disk_deferrals_total")
+	resp, body := httpGetWithin(t, 10*time.Second, s.url+"/f.bin", "Range", "bytes=3000000-3000000")
+	if resp.StatusCode != 206 || !bytes.Equal(body, data[3000000:3000001]) {
+		t.Fatalf("one-byte range: %d, %q", resp.StatusCode, body)
+	}
+	if d := metricValue(t, s.Server, "offload_disk_deferrals_total") - before; d < 1 {
+		t.Error("a one-byte range of a cold file was sent from the loop without a disk job")
+	}
+}
+
+// TestStalledColdDownloadMakesNoJobsOnInput: a client that stopped reading a cold
+// download and sends input meanwhile (a byte a segment) costs no disk job per segment
+// while its socket stays full (found by review: 1999 jobs for 2000 bytes of input).
+func TestStalledColdDownloadMakesNoJobsOnInput(t *testing.T) {
+	b := newBase(t)
+	data := randomBytes(8 << 20)
+	b.write(t, "/c.bin", data)
+	dir := t.TempDir()
+	s := start(t, b, func(_ *Config, l *limiter.Config, cc *cache.Config) { cc.Dir = dir; l.MaxDupes = 0 })
+	httpGetWithin(t, 20*time.Second, s.url+"/c.bin")
+	evict(t, dir)
+	conn, err := dialPlainOrTLS(s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if tc := tcpOf(conn); tc != nil {
+		_ = tc.SetReadBuffer(4 << 10)
+	}
+	fmt.Fprintf(conn, "GET /c.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	if _, err := http.ReadResponse(bufio.NewReader(conn), nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // the socket fills; the client reads nothing more
+	mid := metricValue(t, s.Server, "offload_disk_deferrals_total")
+	for range 500 {
+		if _, err := conn.Write([]byte("G")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if d := metricValue(t, s.Server, "offload_disk_deferrals_total") - mid; d > 5 {
+		t.Errorf("%v disk jobs for 500 segments of input with the socket full", d)
+	}
+}

@@ -13,7 +13,10 @@ import (
 // "outbound drained" callback, so a connection whose sendfile hit EAGAIN registers its fd
 // here (EPOLLOUT|EPOLLONESHOT in an epoll set of our own) and holds no buffer while it
 // waits; the poller's goroutine then calls Conn.Wake, which resumes the connection on
-// its own event loop. The kernel drops the registration when gnet closes the fd.
+// its own event loop. The kernel drops the registration when the socket closes, which
+// is when gnet closes the fd unless a disk worker still holds a duplicate (disk.go): then
+// a registration may outlive the connection and wake a new one on the same fd number
+// once, for nothing (forget clears the connection it would wake).
 type writePoller struct {
 	epfd int
 
