@@ -17,11 +17,9 @@ import (
 	"os/signal"
 	"os/user"
 	"path/filepath"
-	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -373,9 +371,6 @@ func runServe(args []string) int {
 	return 0
 }
 
-// spareProcs raises GOMAXPROCS for the disk pool once (see serve).
-var spareProcs sync.Once
-
 // serve runs the daemon until SIGTERM or SIGINT; started, if not nil, gets the server
 // once it listens (the demo uses it).
 func serve(cfg *serveConfig, logger *log.Logger, started func(*server.Server)) error {
@@ -386,16 +381,6 @@ func serve(cfg *serveConfig, logger *log.Logger, started func(*server.Server)) e
 		// a slow HTTPS download within its memory budget (scripts/bench.sh step 6)
 		// for a little more collector work during handshakes. GOGC overrides it.
 		debug.SetGCPercent(50)
-	}
-	if cfg.DiskWorkers > 0 && os.Getenv("GOMAXPROCS") == "" {
-		// The disk pool's workers block in system calls (sendfile, pread) while the
-		// disk reads. Go takes a blocked goroutine's P back only when its monitor
-		// next looks, up to 10 ms later, and an event loop woken meanwhile waits for a
-		// P: with one P per core (Go's default), a few workers blocked at once held up
-		// the loops and every hot request on them. Four spare Ps (scripts/bench.sh
-		// step 5, 8 rounds: hot p99 0.98x nginx-aio's, against 1.21x with one P per
-		// core). Once a process: the demo and tests may serve more than once.
-		spareProcs.Do(func() { runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 4) })
 	}
 	c, err := cache.Open(cache.Config{
 		Dir: cfg.Cache, MaxBytes: cfg.CacheSize, Base: cfg.Base, BaseAddr: cfg.BaseAddr,

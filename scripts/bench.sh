@@ -95,7 +95,7 @@ start_offload
 OFF="http://127.0.0.1:$OFF_PORT"; NGX="http://127.0.0.1:$NGINX_PORT"
 
 cold_disk() {
-  echo "bench: 5. cold disk: 8 clients read 8 different cached ${COLD_MB} MiB files, page cache emptied first, while a probe asks for the hot 1 KiB file"
+  echo "bench: 5. cold disk: 8 clients read 8 different ${COLD_MB} MiB files, page cache emptied first, while a probe asks for the hot 1 KiB file"
   # As nginx's aio threads use the second core for the reads and copies of cold data,
   # offload runs here with its default, one loop per core (2 here).
   # The servers read the same files, and offload reads them from its local copy of the
@@ -163,6 +163,9 @@ TABLE
 https_step() {
   local offs="https://127.0.0.1:$OFF_TLS_PORT" ngxs="https://127.0.0.1:$NGINX_TLS_PORT"
   echo "bench: 6. HTTPS (TLS 1.3, ECDSA P-256, userspace TLS in both): one 1 GiB download, 1 KiB keep-alive, new connections, slow downloads"
+  # The offload of step 5 has two loops and a --docroot: back to the one of steps 1-3.
+  kill "$OFF_PID"; wait "$OFF_PID" 2>/dev/null || true
+  start_offload
   for f in 1k.bin 10m.bin 1g.bin; do curl -sf --cacert "$work/cert.pem" -o /dev/null "$offs/$f"; curl -sf --cacert "$work/cert.pem" -o /dev/null "$ngxs/$f"; done
   : > "$work/tls_rows"
   for _ in $(seq "$TLS_ROUNDS"); do
