@@ -146,9 +146,7 @@ func (p *diskPool) run() {
 		if j.sock >= 0 {
 			// sendfile reads the pages in as it goes, behind the kernel's read-ahead,
 			// which is asked for the job's bytes and diskAhead past them first.
-			if end := j.off + j.n + diskAhead; j.hintFrom < end {
-				willNeed(j.fd, max(j.off, j.hintFrom), end-max(j.off, j.hintFrom))
-			}
+			j.hint()
 			p.send(j)
 			unix.Close(j.sock)
 		} else {
@@ -199,6 +197,15 @@ func blockingSendfile(out, in int, off *int64, n int) (int, error) {
 	return int(w), nil
 }
 
+// hint asks the kernel to read the job's bytes and diskAhead past them, from where
+// the download's earlier jobs stopped asking (hintFrom).
+func (j *diskJob) hint() {
+	from, end := max(j.off, j.hintFrom), j.off+j.n+diskAhead
+	if from < end {
+		willNeed(j.fd, from, end-from)
+	}
+}
+
 // errShortFile says a data file ended before its metadata's size.
 var errShortFile = errors.New("data file shorter than its metadata")
 
@@ -208,9 +215,7 @@ var errShortFile = errors.New("data file shorter than its metadata")
 // with one-byte reads spaced diskStep apart, the last on the range's last byte. A disk
 // error surfaces on those reads.
 func (p *diskPool) load(j *diskJob, buf []byte) error {
-	if end := j.off + j.n + diskAhead; j.hintFrom < end {
-		willNeed(j.fd, max(j.off, j.hintFrom), end-max(j.off, j.hintFrom))
-	}
+	j.hint()
 	end := j.off + j.n
 	for off := j.off; ; off = min(off+diskStep, end-1) {
 		r, err := p.read(j.fd, buf, off)

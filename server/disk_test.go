@@ -267,18 +267,26 @@ func TestRAPiece(t *testing.T) {
 	}
 }
 
-// TestColdDownloadsSlowAndReset: the disk pool's workers send a cold download's bytes
-// themselves. Clients that read slowly (their sockets fill in the middle of a worker's
-// sendfile) get every byte, in order; clients that reset in the middle of one end
-// their own download only; and no descriptor the workers duplicated stays open.
-func TestColdDownloadsSlowAndReset(t *testing.T) {
+// startCold starts a server whose cache holds /c.bin, size random bytes, with its
+// pages evicted from memory.
+func startCold(t *testing.T, size int) (*testServer, []byte) {
+	t.Helper()
 	b := newBase(t)
-	data := randomBytes(12 << 20)
+	data := randomBytes(size)
 	b.write(t, "/c.bin", data)
 	dir := t.TempDir()
 	s := start(t, b, func(_ *Config, l *limiter.Config, cc *cache.Config) { cc.Dir = dir; l.MaxDupes = 0 })
 	httpGetWithin(t, 20*time.Second, s.url+"/c.bin")
 	evict(t, dir)
+	return s, data
+}
+
+// TestColdDownloadsSlowAndReset: the disk pool's workers send a cold download's bytes
+// themselves. Clients that read slowly (their sockets fill in the middle of a worker's
+// sendfile) get every byte, in order; clients that reset in the middle of one end
+// their own download only; and no descriptor the workers duplicated stays open.
+func TestColdDownloadsSlowAndReset(t *testing.T) {
+	s, data := startCold(t, 12<<20)
 	fds := openFDs(t)
 	before := metricValue(t, s.Server, "offload_disk_deferrals_total")
 	var wg sync.WaitGroup
@@ -366,13 +374,7 @@ func TestOneByteRangeOfAColdFileIsProbed(t *testing.T) {
 // download and sends input meanwhile (a byte a segment) costs no disk job per segment
 // while its socket stays full (found by review: 1999 jobs for 2000 bytes of input).
 func TestStalledColdDownloadMakesNoJobsOnInput(t *testing.T) {
-	b := newBase(t)
-	data := randomBytes(8 << 20)
-	b.write(t, "/c.bin", data)
-	dir := t.TempDir()
-	s := start(t, b, func(_ *Config, l *limiter.Config, cc *cache.Config) { cc.Dir = dir; l.MaxDupes = 0 })
-	httpGetWithin(t, 20*time.Second, s.url+"/c.bin")
-	evict(t, dir)
+	s, _ := startCold(t, 8<<20)
 	conn, err := dialPlainOrTLS(s.addr)
 	if err != nil {
 		t.Fatal(err)
