@@ -863,7 +863,7 @@ func (c *conn) send() sendResult {
 		off := c.h.FileOffset(c.off)
 		if c.jobFull {
 			// A worker found the socket full: until it can take more, another job
-			// would only cost two dups, a read-ahead hint and an EAGAIN (a client that
+			// would only cost two dups, a worker's turn and an EAGAIN (a client that
 			// stopped reading and sends input would make one per segment).
 			if !writable(c.gc.Fd()) {
 				return sendBlocked // the write poller is still armed

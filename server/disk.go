@@ -19,8 +19,8 @@ import (
 // So before it sends a chunk the loop asks, without blocking, whether the chunk's first
 // and last pages are in memory (preadv2 with RWF_NOWAIT, one byte each). On a miss the
 // download's bytes go to the disk pool from then on, diskLoad at a time, as with
-// nginx's "aio threads": a worker hints the kernel to read them and the next ones,
-// sendfiles them to the client itself and wakes the connection, which meanwhile holds
+// nginx's "aio threads": a worker sendfiles them to the client itself (the kernel's
+// read-ahead reading them in as it goes) and wakes the connection, which meanwhile holds
 // nothing but a small job, as it waits for a full socket. The worker works on its own
 // duplicates of the data file's and the socket's descriptors, so neither a close of the
 // connection nor of the file can make it use a reused fd number; the socket stays
@@ -144,9 +144,11 @@ func (p *diskPool) run() {
 		}
 		start := time.Now()
 		if j.sock >= 0 {
-			// sendfile reads the pages in as it goes, behind the kernel's read-ahead,
-			// which is asked for the job's bytes and diskAhead past them first.
-			j.hint()
+			// sendfile reads the pages in as it goes, behind the kernel's own
+			// read-ahead. No POSIX_FADV_WILLNEED first: it allocates and queues the
+			// whole range before the first byte goes, and cost the 8 cold readers of
+			// bench.sh step 5 a fifth of their throughput and a third more hot-file
+			// p99 (0.71x and 1.32x nginx-aio with it, 0.87x and 0.79x without, 8 rounds).
 			p.send(j)
 			unix.Close(j.sock)
 		} else {
@@ -197,7 +199,7 @@ func blockingSendfile(out, in int, off *int64, n int) (int, error) {
 	return int(w), nil
 }
 
-// hint asks the kernel to read the job's bytes and diskAhead past them, from where
+// hint asks the kernel to read a load job's bytes and diskAhead past them, from where
 // the download's earlier jobs stopped asking (hintFrom).
 func (j *diskJob) hint() {
 	from, end := max(j.off, j.hintFrom), j.off+j.n+diskAhead
