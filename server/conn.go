@@ -796,7 +796,8 @@ func (c *conn) send() sendResult {
 				c.failed = true
 				return sendFailed
 			}
-			c.requested = j.off + j.n + diskAhead // load asked the kernel for this much
+			// The download met the disk; a load job asked the kernel this far ahead.
+			c.requested = j.off + j.n + diskAhead
 			if j.sock < 0 {
 				c.loaded = j.off + j.n
 			} else {
@@ -870,8 +871,7 @@ func (c *conn) send() sendResult {
 			}
 			c.jobFull = false
 		}
-		if c.srv.disk != nil && c.tls == nil && !c.copyMode && n > 1 &&
-			(c.requested > 0 || off+n > c.loaded && (!c.srv.disk.resident(c.fd, off) || !c.srv.disk.resident(c.fd, off+n-1))) {
+		if c.srv.disk != nil && c.tls == nil && !c.copyMode && n > 1 && (c.requested > 0 || c.onDisk(off, n)) {
 			// A download whose next bytes are on the disk, or that met the disk before:
 			// a worker reads them in and sends them (up to diskLoad at a time), as
 			// nginx's "aio threads" do, so that neither the disk's waits nor the cold
@@ -883,7 +883,7 @@ func (c *conn) send() sendResult {
 			}
 			return c.deferToDisk(off, m, true)
 		}
-		if c.srv.disk != nil && c.tls == nil && (c.copyMode || n == 1) && off+n > c.loaded && (!c.srv.disk.resident(c.fd, off) || !c.srv.disk.resident(c.fd, off+n-1)) {
+		if c.srv.disk != nil && c.tls == nil && (c.copyMode || n == 1) && c.onDisk(off, n) {
 			// The copy path (no sendfile), and single bytes (a download's last, kept
 			// for the loop; a one-byte range): a worker reads the bytes in.
 			return c.deferToDisk(off, min(int64(diskLoad), c.h.FileOffset(min(c.end, avail))-off), false)
@@ -1143,6 +1143,12 @@ func sendfile(out, in int, off *int64, n int) (int, error) {
 		return int(w), errno
 	}
 	return int(w), nil
+}
+
+// onDisk says the loop's probe found the first or last page of the data file's bytes
+// [off, off+n) not in memory (bytes a disk job loaded are not probed again).
+func (c *conn) onDisk(off, n int64) bool {
+	return off+n > c.loaded && (!c.srv.disk.resident(c.fd, off) || !c.srv.disk.resident(c.fd, off+n-1))
 }
 
 // writable reports whether the socket fd can take bytes now (poll, no wait).

@@ -81,7 +81,8 @@ type diskPool struct {
 	resident func(fd int, off int64) bool
 	// cached is the HTTPS path's read: only what is in memory (readInMemory).
 	cached func(fd int, p []byte, off int64) (int, error)
-	// sendfile is a worker's sendfile (blockingSendfile).
+	// sendfile is a worker's sendfile: unix.Sendfile, a system call the Go scheduler
+	// knows may block (on the disk), unlike the loop's raw one (conn.go).
 	sendfile func(out, in int, off *int64, n int) (int, error)
 
 	mu     sync.Mutex // protects jobs and closed
@@ -91,7 +92,7 @@ type diskPool struct {
 }
 
 func newDiskPool(workers int, m *metrics) *diskPool {
-	p := &diskPool{workers: workers, metrics: m, read: unix.Pread, resident: inMemory, cached: readInMemory, sendfile: blockingSendfile}
+	p := &diskPool{workers: workers, metrics: m, read: unix.Pread, resident: inMemory, cached: readInMemory, sendfile: unix.Sendfile}
 	p.cond = sync.NewCond(&p.mu)
 	for range workers {
 		go p.run()
@@ -187,16 +188,6 @@ func (p *diskPool) send(j *diskJob) {
 		break
 	}
 	j.sent = off - j.off
-}
-
-// blockingSendfile is sendfile(2) for a worker: a system call the Go scheduler knows
-// may block (on the disk), so that it runs other goroutines meanwhile. It moves off.
-func blockingSendfile(out, in int, off *int64, n int) (int, error) {
-	w, _, errno := unix.Syscall6(unix.SYS_SENDFILE, uintptr(out), uintptr(in), uintptr(unsafe.Pointer(off)), uintptr(n), 0, 0)
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(w), nil
 }
 
 // hint asks the kernel to read a load job's bytes and diskAhead past them, from where
@@ -329,13 +320,10 @@ func readInMemory(fd int, p []byte, off int64) (int, error) {
 	if probeUnsupported.Load() {
 		return unix.Pread(fd, p, off)
 	}
-	iov := unix.Iovec{Base: &p[0]}
-	iov.SetLen(len(p))
-	r, _, errno := unix.Syscall6(unix.SYS_PREADV2, uintptr(fd), uintptr(unsafe.Pointer(&iov)), 1,
-		uintptr(off), 0, unix.RWF_NOWAIT)
-	switch errno {
-	case 0:
-		return int(r), nil
+	r, err := unix.Preadv2(fd, [][]byte{p}, off, unix.RWF_NOWAIT)
+	switch err {
+	case nil:
+		return r, nil
 	case unix.EAGAIN:
 		return 0, unix.EAGAIN
 	case unix.EOPNOTSUPP, unix.EINVAL, unix.ENOSYS:

@@ -141,7 +141,7 @@ func TestDiskErrorEndsOneConnection(t *testing.T) {
 				if lim := int64(cache.HeaderSize + 3<<20); *off+int64(n) > lim && bad3M(in, lim) {
 					n = int(lim - *off)
 				}
-				return blockingSendfile(out, in, off, n)
+				return unix.Sendfile(out, in, off, n)
 			}
 			// HTTPS reads what is in memory, which stops short of the bad pages.
 			p.cached = func(fd int, b []byte, off int64) (int, error) {

@@ -48,9 +48,6 @@ import (
 // read; the write).
 const maxTLSChunk = 32 << 10
 
-// tlsReadBufs hold a chunk of a data file's bytes on their way to encryption.
-var tlsReadBufs = sync.Pool{New: func() any { b := make([]byte, maxTLSChunk); return &b }}
-
 // smallTLSWrite is the most plaintext written without asking the socket for its room
 // first: a response head with a small body, one record. Two system calls would cost
 // more than such a record can wait in memory, which happens only when the socket is
@@ -555,8 +552,8 @@ func (c *conn) tlsSendFile(off int64, n int) (int, error) {
 	if room <= 0 {
 		return 0, unix.EAGAIN
 	}
-	bp := tlsReadBufs.Get().(*[]byte)
-	defer tlsReadBufs.Put(bp)
+	bp := copyBufs.Get().(*[]byte) // copyChunk, at least maxTLSChunk
+	defer copyBufs.Put(bp)
 	p := (*bp)[:min(n, room, len(*bp))]
 	var r int
 	var err error
