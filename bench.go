@@ -37,6 +37,7 @@ func runBench(args []string) int {
 	fset.Var(&listFlag{vals: &cfg.DropCache}, "drop-cache", "evict the files under this folder from the page cache before the run (repeatable): a cold-disk run")
 	fset.StringVar(&cfg.Probe, "probe", "", "a hot URL to ask for in a loop during the run, to measure its latency")
 	fset.IntVar(&cfg.ProbeConns, "probe-conns", 2, "keep-alive connections of the --probe")
+	fset.Float64Var(&cfg.ProbeRate, "probe-rate", 0, "--probe requests per second, on a fixed schedule, each timed from when it was due (default: back to back)")
 	var caFile string
 	var insecure bool
 	fset.StringVar(&caFile, "cacert", "", "PEM file of the CA certificates to trust for https:// URLs (default: the system's)")

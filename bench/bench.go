@@ -46,6 +46,12 @@ type Config struct {
 	// work stalls the server.
 	Probe      string
 	ProbeConns int
+	// ProbeRate is how many probe requests a second all ProbeConns send together, on a
+	// fixed schedule; each latency counts from when its request was due, so a stall
+	// that holds the probe back is measured in full. 0: back to back, as fast as the
+	// server answers (then a server that answers faster does more hot work meanwhile,
+	// and its other clients get that much less of a shared machine).
+	ProbeRate float64
 	// TLS is the client configuration for https:// URLs (trusted roots, or
 	// InsecureSkipVerify); nil: the system's roots.
 	TLS *tls.Config
@@ -153,7 +159,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	var probe *prober
 	if cfg.Probe != "" {
-		probe = startProbe(ctx, cfg.Probe, max(cfg.ProbeConns, 1))
+		probe = startProbe(ctx, cfg.Probe, max(cfg.ProbeConns, 1), cfg.ProbeRate)
 	}
 	var wg sync.WaitGroup
 	dials := make(chan struct{}, 256) // connections being set up at once: the listen backlog is finite

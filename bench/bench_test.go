@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -116,5 +117,34 @@ func TestColdDiskAndProbe(t *testing.T) {
 	}
 	if _, err := DropPageCache([]string{filepath.Join(dir, "missing")}); err == nil {
 		t.Error("a missing folder was not an error")
+	}
+}
+
+// TestProbeRate: a probe with --probe-rate sends no more than its schedule allows, and
+// times each request from when it was due: a stall of the server shows in every
+// request it held back, not only in the one it was answering.
+func TestProbeRate(t *testing.T) {
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/probe" && n.Add(1) == 5 {
+			time.Sleep(300 * time.Millisecond) // one stall
+		}
+		w.Write([]byte("ok"))
+	}))
+	defer srv.Close()
+	const rate, run = 100, time.Second
+	res, err := Run(context.Background(), Config{URLs: []string{srv.URL + "/load"}, Conns: 1,
+		Duration: run, Probe: srv.URL + "/probe", ProbeConns: 1, ProbeRate: rate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := res.Probe
+	if p == nil || p.Errors != 0 || p.Requests < 10 || p.Requests > int64(rate*run.Seconds())+2 {
+		t.Fatalf("probe at %d/s for %v: %+v", rate, run, p)
+	}
+	// ~30 requests fell due during the stall, waiting 300 ms down to 0: the slowest
+	// tenth of ~100 waited 200 ms or more. Timed from when they were sent, only one did.
+	if p.Latency.P90 < 100 {
+		t.Errorf("p90 %.1f ms: the requests the stall held back were timed from their send", p.Latency.P90)
 	}
 }

@@ -47,7 +47,8 @@ func DropPageCache(dirs []string) (int, error) {
 	return n, nil
 }
 
-// prober asks for one URL over a few keep-alive connections until its context ends.
+// prober asks for one URL over a few keep-alive connections until its context ends:
+// back to back, or at a fixed rate.
 type prober struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
@@ -55,17 +56,33 @@ type prober struct {
 	errors int64
 }
 
-func startProbe(ctx context.Context, u string, conns int) *prober {
+// startProbe starts conns connections asking for u. With a rate (requests a second,
+// all connections together), connection i sends its k-th request when it is due, at
+// (k*conns+i)/rate after the start, or at once when it is late; its latency counts
+// from when it was due (as wrk2 does), so a server that stalls is not measured only
+// by the few requests it let through.
+func startProbe(ctx context.Context, u string, conns int, rate float64) *prober {
 	p := &prober{}
-	for range conns {
+	t0 := time.Now()
+	for i := range conns {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
 			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true}}
 			defer client.CloseIdleConnections()
-			for ctx.Err() == nil {
+			for k := 0; ctx.Err() == nil; k++ {
 				req, _ := http.NewRequestWithContext(ctx, "GET", u, nil)
 				start := time.Now()
+				if rate > 0 {
+					start = t0.Add(time.Duration(float64(k*conns+i) / rate * float64(time.Second)))
+					if d := time.Until(start); d > 0 {
+						select {
+						case <-time.After(d):
+						case <-ctx.Done():
+							return
+						}
+					}
+				}
 				resp, err := client.Do(req)
 				if err == nil {
 					_, err = io.Copy(io.Discard, resp.Body)

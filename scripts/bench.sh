@@ -5,8 +5,11 @@
 # issue #5 and writes bench-results.md (also printed). Takes a few minutes.
 #   scripts/bench.sh [OUTPUT.md]
 # Environment: ROUNDS (default 3), SLOW_CONNS (10000), SLOW_SECS (20), SLOW_RATE (4K),
-# COLD_MB (384: size of each of the 8 cold files of 5.; at 128 a round lasts under a
-# second, and its p99 is the second-worst of ~150 probes), COLD_ROUNDS (8: rounds of 5., after one not counted), ONLY=cold (run 5. alone),
+# COLD_MB (384: size of each of the 8 cold files of 5b.; at 128 a round lasts under a
+# second), COLD_ROUNDS (8: rounds of 5b., after one not counted; 0 skips 5b),
+# PROBE_RATE (200: hot-file requests a second in 5., on a fixed schedule; 0 for back to back),
+# COLD_BPS (268435456: the read cap, bytes/s, of 5a.'s disk-bound run; 0 skips it), COLD_CAP_MB (128: its files),
+# COLD_CAP_ROUNDS (8), ONLY=cold (run 5. alone),
 # ONLY=tls (run 6., HTTPS, alone), TLS_ROUNDS (7), TLS_SLOW ("2000 9000": slow HTTPS downloads held in 6.).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +32,10 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 work=$(mktemp -d /tmp/offload-bench-XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"
+  rmdir "/sys/fs/cgroup/blkio/offload-bench-$$" "/sys/fs/cgroup/offload-bench-$$" 2>/dev/null || true # disk_cap's
+}
 trap cleanup EXIT
 
 echo "bench: building offload and the data set in $work"
@@ -37,12 +43,14 @@ go build -o "$work/offload" .
 mkdir -p "$work/www" "$work/cache"
 chmod 755 "$work" "$work/www"  # nginx workers run as nobody when started as root
 head -c 1024 /dev/urandom > "$work/www/1k.bin"
+mkdir -p "$work/hot"; cp "$work/www/1k.bin" "$work/hot/1k.bin" # the base's only: see cold_disk
 head -c $((100 << 10)) /dev/urandom > "$work/www/100k.bin"
 head -c $((10 << 20)) /dev/urandom > "$work/www/10m.bin"
 head -c $((1 << 30)) /dev/urandom > "$work/www/1g.bin"
 head -c $((100 << 20)) /dev/urandom > "$work/www/cold100m.bin"
 cp "$work/www/cold100m.bin" "$work/www/cold100m-paced.bin"
-COLD_MB=${COLD_MB:-384}; COLD_ROUNDS=${COLD_ROUNDS:-8}; TLS_ROUNDS=${TLS_ROUNDS:-7}
+COLD_MB=${COLD_MB:-384}; COLD_ROUNDS=${COLD_ROUNDS:-8}; TLS_ROUNDS=${TLS_ROUNDS:-7}; PROBE_RATE=${PROBE_RATE:-200}
+COLD_BPS=${COLD_BPS:-$((256 << 20))}; COLD_CAP_MB=${COLD_CAP_MB:-128}; COLD_CAP_ROUNDS=${COLD_CAP_ROUNDS:-8}
 mkdir -p "$work/www/s0"
 for i in 1 2 3 4 5 6 7 8; do head -c $((COLD_MB << 20)) /dev/urandom > "$work/www/s0/disk$i.bin"; done
 chmod -R a+rX "$work/www"
@@ -78,7 +86,7 @@ CONF
   "$NGINX" -c "$work/$1/nginx.conf" -e "$work/$1/error.log" &
   pids+=($!)
 }
-nginx_conf base "$BASE_PORT"
+nginx_conf base "$BASE_PORT" "location /hot/ { alias $work/hot/; }"
 PEER_TLS="listen 127.0.0.1:$NGINX_TLS_PORT ssl; ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem; ssl_protocols TLSv1.2 TLSv1.3;"
 nginx_conf peer "$NGINX_PORT" "$PEER_TLS"
 AIO_PORT=$(free_port)
@@ -95,70 +103,145 @@ start_offload
 OFF="http://127.0.0.1:$OFF_PORT"; NGX="http://127.0.0.1:$NGINX_PORT"
 
 cold_disk() {
-  echo "bench: 5. cold disk: 8 clients read 8 different ${COLD_MB} MiB files, page cache emptied first, while a probe asks for the hot 1 KiB file"
+  echo "bench: 5. cold disk: 8 clients read 8 different files, page cache emptied first, while a probe asks for the hot 1 KiB file"
   # As nginx's aio threads use the second core for the reads and copies of cold data,
-  # offload runs here with its default, one loop per core (2 here).
-  # The servers read the same files, and offload reads them from its local copy of the
-  # web space (--docroot: the same loop, disk pool and sendfile as its cache files):
-  # the virtual disk here is cached by its host, and its speed for a file depends on
-  # the file's history and on how lately anyone read it, whatever this machine's page
-  # cache holds (three cold reads of the same 1.1 GiB in a row: 707, 1824, 3706 MiB/s;
-  # one copy of the files read at 750 MiB/s a round by nginx-aio, another at 1550). So
-  # there are four copies, each read once a round, and the copy each server reads turns
-  # with the rounds (a Latin square: over four rounds each server reads each copy once);
-  # the first round is not counted.
+  # offload runs here with its default, one loop per core (2 here). The servers read the
+  # same files, offload from its local copy of the web space (--docroot: the same loop,
+  # disk pool and sendfile as its cache files).
   kill "$OFF_PID"; wait "$OFF_PID" 2>/dev/null || true
-  OFF_LOOPS=${COLD_LOOPS:-$(nproc)} OFF_ARGS="--docroot $work/www" start_offload
+  OFF_LOOPS=${COLD_LOOPS:-$(nproc)} OFF_ARGS="--docroot $work/www ${COLD_ARGS:-}" start_offload
   for k in 1 2 3; do cp -r "$work/www/s0" "$work/www/s$k"; done
+  mkdir -p "$work/www/cap"
+  for i in 1 2 3 4 5 6 7 8; do head -c $((COLD_CAP_MB << 20)) "$work/www/s0/disk$i.bin" > "$work/www/cap/disk$i.bin"; done
   chmod -R a+rX "$work/www"
-  for k in 0 1 2 3; do for i in 1 2 3 4 5 6 7 8; do curl -sf -o /dev/null -r 0-0 "$OFF/s$k/disk$i.bin"; done; done
-  curl -sf -o /dev/null "$OFF/1k.bin"; curl -sf -o /dev/null "$OFF/1k.bin"
-  local servers=(off ngx aio floor)
-  : > "$work/cold_rows"
-  for round in $(seq 0 "$COLD_ROUNDS"); do
-    # floor: the same cold load on nginx-aio while the probe asks an idle offload, which
-    # shows what the probe's latency owes to the machine (two cores for servers, client
-    # and loopback) rather than to the server under load.
-    for j in 0 1 2 3; do
-      local t=${servers[$j]} set=s$(( (j + round) % 4 )) host urls=""
-      case $t in off) host=$OFF; probe=$OFF/1k.bin ;; ngx) host=$NGX; probe=$NGX/1k.bin ;;
-        aio) host=http://127.0.0.1:$AIO_PORT; probe=$host/1k.bin ;; floor) host=http://127.0.0.1:$AIO_PORT; probe=$OFF/1k.bin ;; esac
+  for k in s0 s1 s2 s3 cap; do for i in 1 2 3 4 5 6 7 8; do curl -sf -o /dev/null -r 0-0 "$OFF/$k/disk$i.bin"; done; done
+  # offload's hot file is one of its cache, as in production (answered from memory on
+  # the loop): /hot/ is only on the base, not in the --docroot, whose files are opened
+  # afresh, off the loop, for every request. nginx's is the same file in its root.
+  curl -sf -o /dev/null "$OFF/hot/1k.bin"; curl -sf -o /dev/null "$OFF/hot/1k.bin"
+  NGX_PID=$(pgrep -P "$(cat "$work/peer/nginx.pid")" | head -1); AIO_PID=$(pgrep -P "$(cat "$work/aio/nginx.pid")" | head -1)
+  COLD_TABLE=""
+  # a. A disk-bound host: the servers' reads capped at COLD_BPS by the kernel's block
+  # throttle (a cgroup), as a real disk caps them, and as this machine's did when issue
+  # #14 was filed (253 MiB/s for all three servers). One copy of the files will do: the
+  # cap is well below what the host's cache gives.
+  local cg
+  if [ "$COLD_BPS" != 0 ] && cg=$(disk_cap "$work" "$COLD_BPS"); then
+    for p in "$OFF_PID" "$(cat "$work/peer/nginx.pid")" "$NGX_PID" "$(cat "$work/aio/nginx.pid")" "$AIO_PID"; do echo "$p" > "$cg/cgroup.procs"; done
+    cold_rounds cap "$COLD_CAP_ROUNDS"
+    for p in "$OFF_PID" "$(cat "$work/peer/nginx.pid")" "$NGX_PID" "$(cat "$work/aio/nginx.pid")" "$AIO_PID"; do echo "$p" > "$(dirname "$cg")/cgroup.procs"; done
+    rmdir "$cg" 2>/dev/null || true
+    COLD_TABLE=$(cold_table cap "5a. Cold disk, disk-bound: the servers' reads capped at $((COLD_BPS >> 20)) MiB/s (block throttle of a cgroup); 8 clients each read a different ${COLD_CAP_MB} MiB file")
+  else
+    COLD_TABLE="5a. Cold disk, disk-bound: not run (COLD_BPS=0, or no block throttle here: needs root and a cgroup blkio or io controller).
+"
+  fi
+  # b. This machine's own virtual disk, which its host caches: the same cold read runs
+  # at 700 MiB/s to 3.7 GiB/s depending on the file's history (three cold reads of the
+  # same 1.1 GiB in a row: 707, 1824, 3706 MiB/s; one copy of the files read at 750 MiB/s
+  # a round by nginx-aio, another at 1550), whatever this machine's page cache holds.
+  # So there are four copies, each read once a round, and the copy each server reads
+  # turns with the rounds (a Latin square: over four rounds each server reads each copy
+  # once). At these speeds the run is bound by the two cores that client, servers and
+  # loopback share, not by the disk.
+  [ "$COLD_ROUNDS" -gt 0 ] || return 0
+  cold_rounds host "$COLD_ROUNDS"
+  COLD_TABLE="$COLD_TABLE
+$(cold_table host "5b. Cold disk, host-cached: the virtual disk as it is (its host caches it); 8 clients each read a different ${COLD_MB} MiB file, from four copies of the files, the copy each server reads turning with the rounds")"
+}
+# disk_cap DIR BPS: makes a cgroup whose reads from the disk holding DIR are capped at
+# BPS bytes a second and prints its folder; fails where that cannot be done.
+disk_cap() {
+  local mm dev g
+  mm=$(findmnt -no MAJ:MIN -T "$1" 2>/dev/null | head -1 | tr -d " ") && [ -e "/sys/dev/block/$mm" ] || return 1
+  dev=$mm; [ -e "/sys/dev/block/$mm/partition" ] && dev=$(cat "/sys/dev/block/$mm/../dev")
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    grep -qw io /sys/fs/cgroup/cgroup.controllers || return 1
+    echo +io > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || return 1
+    g=/sys/fs/cgroup/offload-bench-$$
+    mkdir -p "$g" && echo "$dev rbps=$2" > "$g/io.max" || return 1
+  elif [ -d /sys/fs/cgroup/blkio ]; then
+    g=/sys/fs/cgroup/blkio/offload-bench-$$
+    mkdir -p "$g" && echo "$dev $2" > "$g/blkio.throttle.read_bps_device" || return 1
+  else
+    return 1
+  fi 2>/dev/null
+  echo "$g"
+}
+# cold_rounds MODE ROUNDS: ROUNDS rounds (after one not counted) of the four runs, into
+# $work/cold_MODE: off, ngx and aio each serve the 8 cold readers while the probe asks
+# them for the hot file; floor is the same cold load on nginx-aio while the probe asks an
+# idle offload, which shows what the probe's latency owes to the machine (two cores for
+# servers, client and loopback) rather than to the server under load. Every other round
+# runs them in the opposite order, so that none always comes first, or always after the
+# same one. The probe asks at a fixed rate (--probe-rate), timing each request from when
+# it was due, so every server gets the same hot work meanwhile (back to back, a server
+# that answers faster gets more: offload made 1500-1650 probe requests a round where
+# nginx-aio made 300-450) and a stall counts for every request it held back.
+cold_rounds() {
+  local mode=$1 servers=(off ngx aio floor) rows="$work/cold_$1"
+  : > "$rows"
+  for round in $(seq 0 "$2"); do
+    local order="0 1 2 3"; [ $((round % 2)) = 0 ] || order="3 2 1 0"
+    for j in $order; do
+      local t=${servers[$j]} set=cap host urls="" spid probe cpu0
+      [ "$mode" = cap ] || set=s$(( (j + round) % 4 ))
+      case $t in off) host=$OFF; probe=$OFF/hot/1k.bin; spid=$OFF_PID ;; ngx) host=$NGX; probe=$NGX/1k.bin; spid=$NGX_PID ;;
+        aio|floor) host=http://127.0.0.1:$AIO_PORT; spid=$AIO_PID; probe=$host/1k.bin; [ "$t" = aio ] || probe=$OFF/hot/1k.bin ;; esac
       for i in 1 2 3 4 5 6 7 8; do urls="$urls $host/$set/disk$i.bin"; done
       drop=(--drop-cache "$work/www" --drop-cache "$work/cache"); [ "${COLD_DROP:-1}" = 1 ] || drop=()
+      cpu0=$(cpu_ticks "$spid")
+      # The probe is a process of its own (its main load: one connection reading the
+      # hot file at 1 KB/s), started once the page cache is emptied and stopped (SIGINT:
+      # it reports) when the cold readers are done: in the cold readers' process its p99
+      # was 15-16 ms even against an idle server, the client's own delays.
       # shellcheck disable=SC2086
-      "$work/offload" bench -c 8 -n 8 "${drop[@]}" --probe "$probe" --json $urls > "$work/disk_$t.json" || true
-      [ "$round" = 0 ] || echo "$round $t $(jget "$work/disk_$t.json" "['probe']['latency_ms']['P99']") $(jget "$work/disk_$t.json" "['bytes_per_second']") $(jget "$work/disk_$t.json" "['probe']['requests']")" >> "$work/cold_rows"
+      "$work/offload" bench -c 8 -n 8 "${drop[@]}" --json $urls > "$work/disk.json" &
+      local cold=$! ppid
+      sleep 0.3 # the page cache emptied (--drop-cache), the hot file is read in again
+      curl -sf -o /dev/null "$probe" || true
+      "$work/offload" bench -c 1 -d 1h --rate 1K --probe "$probe" --probe-rate "$PROBE_RATE" --json "$probe" > "$work/probe.json" &
+      ppid=$!
+      wait "$cold" || true
+      kill -INT "$ppid"; wait "$ppid" || true
+      # Rows: round, server, probe p99, bytes/s, probe requests, the server's CPU seconds
+      # per GiB sent (all its threads), the client's CPU %.
+      [ "$round" = 0 ] || echo "$round $t $(jget "$work/probe.json" "['probe']['latency_ms']['P99']") $(jget "$work/disk.json" "['bytes_per_second']") $(jget "$work/probe.json" "['probe']['requests']") $(awk -v d=$(( $(cpu_ticks "$spid") - cpu0 )) -v hz="$(getconf CLK_TCK)" -v b="$(jget "$work/disk.json" "['bytes']")" 'BEGIN {printf "%.3f", (b > 0 ? d / hz / (b / 2^30) : 0)}') $(jget "$work/disk.json" "['client_cpu_percent']")" >> "$rows"
     done
   done
-  D_P99_OFF=$(awk '$2=="off" {print $3}' "$work/cold_rows" | median); D_BPS_OFF=$(awk '$2=="off" {print $4}' "$work/cold_rows" | median)
-  D_P99_NGX=$(awk '$2=="ngx" {print $3}' "$work/cold_rows" | median); D_BPS_NGX=$(awk '$2=="ngx" {print $4}' "$work/cold_rows" | median)
-  D_P99_AIO=$(awk '$2=="aio" {print $3}' "$work/cold_rows" | median); D_BPS_AIO=$(awk '$2=="aio" {print $4}' "$work/cold_rows" | median)
-  D_P99_FLOOR=$(awk '$2=="floor" {print $3}' "$work/cold_rows" | median)
-  D_PROBES=$(awk '$2!="floor" {print $5}' "$work/cold_rows" | median)
+}
+# cold_table MODE TITLE: the table of cold_rounds MODE.
+cold_table() {
+  local rows="$work/cold_$1" p99 bps cpu t
+  declare -A p99 bps cpu
+  for t in off ngx aio floor; do
+    p99[$t]=$(awk -v t=$t '$2==t {print $3}' "$rows" | median)
+    bps[$t]=$(awk -v t=$t '$2==t {print $4}' "$rows" | median | awk '{printf "%.0f", $1 / 1048576}')
+    cpu[$t]=$(awk -v t=$t '$2==t {print $6}' "$rows" | median | awk '{printf "%.2f", $1}')
+  done
   # Ratios of each round (offload and nginx-aio ran back to back), then their median.
-  D_ROUNDS=$(awk '{p[$1" "$2]=$3; b[$1" "$2]=$4} $2=="floor" {r=$1; printf "(%.2f, %.2f) ", p[r" off"]/p[r" aio"], b[r" off"]/b[r" aio"]}' "$work/cold_rows")
-  D_RP99=$(awk '{p[$1" "$2]=$3} $2=="floor" {print p[$1" off"]/p[$1" aio"]}' "$work/cold_rows" | median)
-  D_RBPS=$(awk '{b[$1" "$2]=$4} $2=="floor" {print b[$1" off"]/b[$1" aio"]}' "$work/cold_rows" | median)
-  DEFER=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^offload_disk_deferrals_total/ {print $2}')
-  COLD_TABLE=$(cat <<TABLE
-5. Cold disk: 8 clients each read a different ${COLD_MB} MiB file with the page cache of the files emptied first
-(offload bench --drop-cache), while 2 keep-alive connections ask for a hot 1 KiB file (--probe); medians of $COLD_ROUNDS rounds
-(all servers read the same four copies of the files, offload from its --docroot, the copy each reads turning with the
-rounds, each copy read once a round, after a first round not counted: this machine's virtual disk is cached by its host).
+  local each rp99 rbps
+  each=$(awk '{p[$1" "$2]=$3; b[$1" "$2]=$4; n[$1]++} END {for (r = 1; r in n; r++) if (p[r" off"] > 0 && p[r" aio"] > 0) printf "(%.2f, %.2f) ", p[r" off"]/p[r" aio"], b[r" off"]/b[r" aio"]}' "$rows")
+  rp99=$(awk '{p[$1" "$2]=$3; n[$1]++} END {for (r in n) if (p[r" off"] > 0 && p[r" aio"] > 0) print p[r" off"]/p[r" aio"]}' "$rows" | median)
+  rbps=$(awk '{b[$1" "$2]=$4; n[$1]++} END {for (r in n) if (b[r" off"] > 0 && b[r" aio"] > 0) print b[r" off"]/b[r" aio"]}' "$rows" | median)
+  cat <<TABLE
+$2, the page cache of the files emptied first (offload bench --drop-cache), while 2 keep-alive connections ask for a
+hot 1 KiB file (a second process) $([ "$PROBE_RATE" = 0 ] && echo "back to back (--probe)" || echo "$PROBE_RATE times a second (--probe-rate), each timed from when it was due");
+medians of $(awk '$2=="off"' "$rows" | wc -l) rounds, the servers' order reversed every other round, after a first round not counted.
 
-| server | p99 of the hot 1 KiB file, ms | aggregate MiB/s of the 8 cold readers |
-| --- | --- | --- |
-| offload (--disk-workers 16, --loops ${COLD_LOOPS:-$(nproc)}) | $D_P99_OFF | $(awk -v v="$D_BPS_OFF" 'BEGIN{printf "%.0f", v/1048576}') |
-| nginx, sendfile on | $D_P99_NGX | $(awk -v v="$D_BPS_NGX" 'BEGIN{printf "%.0f", v/1048576}') |
-| nginx, sendfile on + aio threads (1 worker, thread pool of 32) | $D_P99_AIO | $(awk -v v="$D_BPS_AIO" 'BEGIN{printf "%.0f", v/1048576}') |
+| server | p99 of the hot 1 KiB file, ms | aggregate MiB/s of the 8 cold readers | server CPU s per GiB |
+| --- | --- | --- | --- |
+| offload (--disk-workers 16, --loops ${COLD_LOOPS:-$(nproc)}) | ${p99[off]} | ${bps[off]} | ${cpu[off]} |
+| nginx, sendfile on | ${p99[ngx]} | ${bps[ngx]} | ${cpu[ngx]} |
+| nginx, sendfile on + aio threads (1 worker, thread pool of 32) | ${p99[aio]} | ${bps[aio]} | ${cpu[aio]} |
 
-offload / nginx-aio, the median of each round's ratio: hot p99 $(printf %.2f "$D_RP99") (lower is better), cold throughput $(printf %.2f "$D_RBPS");
-each round (p99, throughput): $D_ROUNDS.
-The probe made about $D_PROBES requests a run; its p99 against an idle offload while the same cold load ran on nginx-aio
-(the machine's floor: client, servers and loopback share $(nproc) cores) was $D_P99_FLOOR ms.
-offload deferred $DEFER sends to its disk pool (offload_disk_deferrals_total).
+offload / nginx-aio, the median of each round's ratio: hot p99 $(printf %.2f "$rp99") (lower is better), cold throughput $(printf %.2f "$rbps");
+each round (p99, throughput): $each.
+The probe made about $(awk '$2!="floor" {print $5}' "$rows" | median) requests a run, and the client (offload bench) used $(awk '$2!="floor" {print $7}' "$rows" | median | awk '{printf "%.0f", $1}')% CPU of $(nproc) cores' $(( $(nproc) * 100 ))%;
+the probe's p99 against an idle offload while the same cold load ran on nginx-aio (the machine's floor) was ${p99[floor]} ms.
+The probe runs in a process of its own; offload answers it from its cache (/hot/1k.bin, a file of the base's only), nginx from its root.
+offload's disk deferrals so far (offload_disk_deferrals_total): $(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^offload_disk_deferrals_total/ {print $2}').
 TABLE
-)
 }
 https_step() {
   local offs="https://127.0.0.1:$OFF_TLS_PORT" ngxs="https://127.0.0.1:$NGINX_TLS_PORT"
@@ -219,6 +302,7 @@ new connections/s $(awk '$1=="h" {printf "%s %.0f%s", ($2=="off" ? "(" : ""), $3
 offload's handshake counters after the slow runs: $HS"
 }
 jget() { python3 -c "import json,sys; d=json.load(open('$1')); print(d$2)"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; } # a process's user+system CPU, in clock ticks
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 if [ "${ONLY:-}" = tls ]; then

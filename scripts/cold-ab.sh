@@ -3,11 +3,14 @@
 # step 5), interleaved with nginx (sendfile + aio threads) in every round, so that the
 # machine's noise hits all three alike; prints each build's throughput and hot-file p99
 # as ratios to nginx's, per round and as medians.
-#   scripts/cold-ab.sh OFFLOAD_A OFFLOAD_B      (ROUNDS, default 6; COLD_MB, default 384)
+#   scripts/cold-ab.sh OFFLOAD_A OFFLOAD_B      (ROUNDS, default 6; COLD_MB, default 384;
+#   PROBE_RATE, default 200: hot-file requests a second, as in bench.sh)
+# A build may be a script that runs offload with other flags or environment.
 # As in bench.sh, all three read the same three copies of the files (the builds from
 # their --docroot), the copy each reads turning with the rounds, and a first round is
 # not counted: this machine's virtual disk is cached by its host, so that a server's
-# speed depended on which copy it read and how lately it was read.
+# speed depended on which copy it read and how lately it was read. Every other round runs
+# them in the opposite order.
 set -euo pipefail
 A=$(realpath "$1"); B=$(realpath "$2"); ROUNDS=${ROUNDS:-6}; MB=${COLD_MB:-384}
 W=$(mktemp -d /tmp/offload-cold-ab-XXXXXX)
@@ -38,12 +41,13 @@ for p in $PA $PB; do for k in 0 1 2; do for i in 1 2 3 4 5 6 7 8; do curl -sf -o
 : > "$W/rows"
 servers=(A B aio)
 for r in $(seq 0 "$ROUNDS"); do
-  for j in 0 1 2; do
+  order="0 1 2"; [ $((r % 2)) = 0 ] || order="2 1 0" # none always first, or after the same one
+  for j in $order; do
     t=${servers[$j]}; set=s$(( (j + r) % 3 ))
     case $t in A) p=$PA;; B) p=$PB;; aio) p=$AIO;; esac
     urls=""; for i in 1 2 3 4 5 6 7 8; do urls="$urls http://127.0.0.1:$p/$set/disk$i.bin"; done
     # shellcheck disable=SC2086
-    "$A" bench -c 8 -n 8 --drop-cache "$W/www" --probe "http://127.0.0.1:$p/1k.bin" --json $urls > "$W/r.json" || true
+    "$A" bench -c 8 -n 8 --drop-cache "$W/www" --probe "http://127.0.0.1:$p/1k.bin" --probe-rate "${PROBE_RATE:-200}" --json $urls > "$W/r.json" || true
     [ "$r" = 0 ] || python3 -c "import json; d=json.load(open('$W/r.json')); print('$r $t', d['probe']['latency_ms']['P99'], d['bytes_per_second'])" >> "$W/rows"
   done
 done

@@ -84,6 +84,8 @@ type diskPool struct {
 	// sendfile is a worker's sendfile: unix.Sendfile, a system call the Go scheduler
 	// knows may block (on the disk), unlike the loop's raw one (conn.go).
 	sendfile func(out, in int, off *int64, n int) (int, error)
+	// inCore says how much of a job's bytes is in memory (the function inCore).
+	inCore func(fd int, off, end int64, vec []byte) int64
 
 	mu     sync.Mutex // protects jobs and closed
 	cond   *sync.Cond
@@ -92,7 +94,8 @@ type diskPool struct {
 }
 
 func newDiskPool(workers int, m *metrics) *diskPool {
-	p := &diskPool{workers: workers, metrics: m, read: unix.Pread, resident: inMemory, cached: readInMemory, sendfile: unix.Sendfile}
+	p := &diskPool{workers: workers, metrics: m, read: unix.Pread, resident: inMemory, cached: readInMemory,
+		sendfile: unix.Sendfile, inCore: inCore}
 	p.cond = sync.NewCond(&p.mu)
 	for range workers {
 		go p.run()
@@ -121,6 +124,7 @@ func (p *diskPool) close() {
 
 func (p *diskPool) run() {
 	var buf [1]byte
+	vec := make([]byte, diskLoad/pageSize+2) // inCore's, for a job's pages
 	for {
 		p.mu.Lock()
 		for len(p.jobs) == 0 && !p.closed {
@@ -150,10 +154,10 @@ func (p *diskPool) run() {
 			// whole range before the first byte goes, and cost the 8 cold readers of
 			// bench.sh step 5 a fifth of their throughput and a third more hot-file
 			// p99 (0.71x and 1.32x nginx-aio with it, 0.87x and 0.79x without, 8 rounds).
-			p.send(j)
+			p.send(j, vec)
 			unix.Close(j.sock)
 		} else {
-			j.err = p.load(j, buf[:])
+			j.err = p.load(j, buf[:], vec)
 		}
 		p.metrics.diskReads.Observe(time.Since(start).Seconds())
 		unix.Close(j.fd)
@@ -164,11 +168,38 @@ func (p *diskPool) run() {
 
 // send writes the job's bytes to its socket with sendfile until they are out, the
 // socket is full, or it fails. The socket is non-blocking: only the disk can make the
-// worker wait, never the client.
-func (p *diskPool) send(j *diskJob) {
+// worker wait, never the client. And the worker waits for the disk asleep, not inside
+// sendfile: a goroutine blocked in a system call keeps its P (one of GOMAXPROCS, the
+// right to run Go code) until the runtime's monitor takes it back, which can be 10-20
+// ms later, and workers waiting for the disk held every P, so the event loops, woken
+// for a hot request, could not run: behind 8 cold readers capped at 256 MiB/s, a hot
+// file's p99 was 10.7-13.4 ms against nginx-aio's 4-8 ms (and 3.6-4.7 ms with a P for
+// every worker, GOMAXPROCS=18, which cost 30% of the TLS handshakes a second). So a
+// worker sends only what is in memory (mincore, inCore), asks for the next page
+// without waiting for it (a RWF_NOWAIT read, which starts the kernel's read-ahead
+// there as any read does: resident), and sleeps until the page is in; past awaitLimit
+// of waiting it lets sendfile wait instead, as a page whose read failed never comes in
+// and the blocking read reports why (EIO).
+func (p *diskPool) send(j *diskJob, vec []byte) {
 	off, end := j.off, j.off+j.n
+	var waited time.Duration
+	delay := awaitMin
 	for off < end {
-		w, err := p.sendfile(j.sock, j.fd, &off, int(end-off))
+		n := end - off
+		if waited < awaitLimit {
+			switch r := p.inCore(j.fd, off, end, vec); {
+			case r > 0:
+				n = r
+			case !p.resident(j.fd, off):
+				time.Sleep(delay)
+				waited += delay
+				delay = min(2*delay, awaitMax)
+				continue
+			default: // came in meanwhile: its page at least
+				n = min(n, int64(pageSize)-off%int64(pageSize))
+			}
+		}
+		w, err := p.sendfile(j.sock, j.fd, &off, int(n))
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -183,11 +214,56 @@ func (p *diskPool) send(j *diskJob) {
 		case w == 0:
 			j.sendErr = errShortFile
 		default:
+			waited, delay = 0, awaitMin
 			continue
 		}
 		break
 	}
 	j.sent = off - j.off
+}
+
+const (
+	// awaitMin and awaitMax bound a worker's sleeps while it waits for a page: from
+	// 50 µs (a page the disk is about to deliver), doubling, up to 4 ms.
+	awaitMin = 50 * time.Microsecond
+	awaitMax = 4 * time.Millisecond
+	// awaitLimit is how long a worker sleeps waiting for one page before it lets
+	// sendfile wait for it (see send).
+	awaitLimit = 500 * time.Millisecond
+)
+
+// pageSize is the page cache's unit.
+var pageSize = os.Getpagesize()
+
+// inCore returns how many of the bytes [off, end) of fd, from off on, are in memory: up
+// to the first page that is not (0: the one at off is not). It maps the bytes without
+// touching them, so that nothing is read or faulted in, and asks mincore(2), which
+// looks them up in the page cache (a page being read in counts as not in memory);
+// vec is scratch, a byte a page. Where the mapping or mincore fails (a file system
+// without mmap), it says all of them, and sendfile waits as it would.
+func inCore(fd int, off, end int64, vec []byte) int64 {
+	ps := int64(pageSize)
+	base := off &^ (ps - 1)
+	pages := (end - base + ps - 1) / ps
+	if pages > int64(len(vec)) {
+		pages = int64(len(vec))
+		end = base + pages*ps
+	}
+	m, err := unix.Mmap(fd, base, int(end-base), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return end - off
+	}
+	defer unix.Munmap(m)
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)),
+		uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		return end - off
+	}
+	for i, v := range vec[:pages] {
+		if v&1 == 0 {
+			return max(0, base+int64(i)*ps-off)
+		}
+	}
+	return end - off
 }
 
 // hint asks the kernel to read a load job's bytes and diskAhead past them, from where
@@ -204,12 +280,25 @@ var errShortFile = errors.New("data file shorter than its metadata")
 
 // load brings [off, off+n) into memory and asks the kernel to read ahead what
 // follows. It copies (almost) nothing: the kernel is told to read the whole range
-// (POSIX_FADV_WILLNEED starts the reads and returns), and the worker then waits for it
-// with one-byte reads spaced diskStep apart, the last on the range's last byte. A disk
-// error surfaces on those reads.
-func (p *diskPool) load(j *diskJob, buf []byte) error {
+// (POSIX_FADV_WILLNEED starts the reads and returns), and the worker waits for it
+// asleep, as send does, until inCore finds it all in memory (or awaitLimit passes),
+// then reads one byte every diskStep, the last on the range's last byte, which are in
+// memory by then: a disk error surfaces on those reads.
+func (p *diskPool) load(j *diskJob, buf, vec []byte) error {
 	j.hint()
 	end := j.off + j.n
+	var waited time.Duration
+	delay := awaitMin
+	for off := j.off; off < end && waited < awaitLimit; {
+		if r := p.inCore(j.fd, off, end, vec); r > 0 {
+			off += r
+			waited, delay = 0, awaitMin
+			continue
+		}
+		time.Sleep(delay)
+		waited += delay
+		delay = min(2*delay, awaitMax)
+	}
 	for off := j.off; ; off = min(off+diskStep, end-1) {
 		r, err := p.read(j.fd, buf, off)
 		for errors.Is(err, unix.EINTR) {

@@ -400,3 +400,134 @@ func TestStalledColdDownloadMakesNoJobsOnInput(t *testing.T) {
 		t.Errorf("%v disk jobs for 500 segments of input with the socket full", d)
 	}
 }
+
+// TestWorkersWaitForTheDiskAsleep: a worker sends only bytes that are in memory and
+// sleeps until the next page comes in, rather than waiting for it inside sendfile (where
+// it would hold one of Go's processors, which the event loops then lack); a page that
+// never comes in (a failed read) is left to sendfile after awaitLimit, and the download
+// still ends with every byte. The disk here is a fake one: the data file's bytes "come
+// in" up to a mark that moves as the test says.
+func TestWorkersWaitForTheDiskAsleep(t *testing.T) {
+	b := newBase(t)
+	data := randomBytes(6 << 20)
+	b.write(t, "/c.bin", data)
+	dir := t.TempDir()
+	var ino atomic.Uint64
+	var arrived atomic.Int64 // the data file's bytes before it are in memory
+	var early atomic.Int64   // bytes a worker's sendfile was asked for before they were
+	ofData := func(fd int) bool {
+		var st unix.Stat_t
+		return ino.Load() != 0 && unix.Fstat(fd, &st) == nil && st.Ino == ino.Load()
+	}
+	s := start(t, b, func(c *Config, l *limiter.Config, cc *cache.Config) {
+		cc.Dir = dir
+		l.MaxDupes = 0
+		c.diskPool = func(p *diskPool) {
+			p.inCore = func(fd int, off, end int64, vec []byte) int64 {
+				if ofData(fd) {
+					return max(0, min(end, arrived.Load())-off)
+				}
+				return inCore(fd, off, end, vec)
+			}
+			p.resident = func(fd int, off int64) bool {
+				if ofData(fd) {
+					return off < arrived.Load()
+				}
+				return inMemory(fd, off)
+			}
+			p.sendfile = func(out, in int, off *int64, n int) (int, error) {
+				if ofData(in) {
+					if e := *off + int64(n) - arrived.Load(); e > 0 {
+						early.Add(e)
+					}
+				}
+				return unix.Sendfile(out, in, off, n)
+			}
+		}
+	})
+	httpGetWithin(t, 20*time.Second, s.url+"/c.bin")
+	var st unix.Stat_t
+	if err := unix.Stat(dataFileOf(t, dir, len(data)), &st); err != nil {
+		t.Fatal(err)
+	}
+	end := int64(cache.HeaderSize + len(data))
+
+	// The disk delivers 256 KiB every 10 ms: no byte is asked of sendfile early.
+	arrived.Store(cache.HeaderSize + 1<<20)
+	ino.Store(st.Ino)
+	stop := make(chan struct{})
+	go func() {
+		for arrived.Load() < end {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+				arrived.Add(256 << 10)
+			}
+		}
+	}()
+	before := metricValue(t, s.Server, "offload_disk_deferrals_total")
+	resp, body := httpGetWithin(t, 20*time.Second, s.url+"/c.bin")
+	close(stop)
+	if resp.StatusCode != 200 || !bytes.Equal(body, data) {
+		t.Fatalf("a download from the slow disk: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if metricValue(t, s.Server, "offload_disk_deferrals_total") == before {
+		t.Fatal("no disk job: the test did not reach the workers")
+	}
+	if e := early.Load(); e != 0 {
+		t.Errorf("the workers' sendfile was asked for %d bytes before they were in memory", e)
+	}
+
+	// The disk stops at 3 MiB for good: after awaitLimit the worker lets sendfile read
+	// the rest (here the file is fine, so the download ends with every byte).
+	arrived.Store(cache.HeaderSize + 3<<20)
+	early.Store(0)
+	resp, body = httpGetWithin(t, 20*time.Second, s.url+"/c.bin")
+	if resp.StatusCode != 200 || !bytes.Equal(body, data) {
+		t.Fatalf("a download past a page that never came in: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if early.Load() == 0 {
+		t.Error("the worker never gave the missing page to sendfile")
+	}
+}
+
+// TestInCore: inCore finds the bytes of a file that are in memory, from an offset up to
+// the first page that is not.
+func TestInCore(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, randomBytes(1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	vec := make([]byte, diskLoad/pageSize+2)
+	_ = unix.Fdatasync(fd)
+	if err := unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED); err != nil || inCore(fd, 0, 1<<20, vec) != 0 {
+		t.Skip("cannot empty the page cache of a file here")
+	}
+	// Read the first 100 KiB in: the kernel may read ahead past them, never less.
+	if _, err := unix.Pread(fd, make([]byte, 100<<10), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := inCore(fd, 0, 1<<20, vec); got < 100<<10 || got%int64(pageSize) != 0 {
+		t.Errorf("after reading 100 KiB: %d bytes in memory", got)
+	}
+	if got := inCore(fd, 5000, 9000, vec); got != 4000 {
+		t.Errorf("a range within the pages read: %d bytes, want 4000", got)
+	}
+	if _, err := unix.Pread(fd, make([]byte, 1<<20), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := inCore(fd, 12345, 1<<20, vec); got != 1<<20-12345 {
+		t.Errorf("all read: %d bytes from 12345, want %d", got, 1<<20-12345)
+	}
+	// A range past the end of the file is not in memory, and no page is faulted in.
+	if got := inCore(fd, 1<<20, 1<<20+8192, vec); got != 0 {
+		t.Errorf("past the end: %d bytes", got)
+	}
+}
