@@ -32,8 +32,9 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 work=$(mktemp -d /tmp/offload-bench-XXXXXX)
 pids=()
+COLD_PIDS=() # step 5's client processes of the moment
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"
+  for p in "${pids[@]}" "${COLD_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"
   rmdir "/sys/fs/cgroup/blkio/offload-bench-$$" "/sys/fs/cgroup/offload-bench-$$" 2>/dev/null || true # disk_cap's
 }
 trap cleanup EXIT
@@ -125,15 +126,18 @@ cold_disk() {
   # throttle (a cgroup), as a real disk caps them, and as this machine's did when issue
   # #14 was filed (253 MiB/s for all three servers). One copy of the files will do: the
   # cap is well below what the host's cache gives.
-  local cg
-  if [ "$COLD_BPS" != 0 ] && cg=$(disk_cap "$work" "$COLD_BPS"); then
-    for p in "$OFF_PID" "$(cat "$work/peer/nginx.pid")" "$NGX_PID" "$(cat "$work/aio/nginx.pid")" "$AIO_PID"; do echo "$p" > "$cg/cgroup.procs"; done
+  local cg why="COLD_BPS=0" p procs
+  procs=("$OFF_PID" "$(cat "$work/peer/nginx.pid")" "$NGX_PID" "$(cat "$work/aio/nginx.pid")" "$AIO_PID")
+  if [ "$COLD_BPS" != 0 ] && cg=$(disk_cap "$work" "$COLD_BPS" 2>"$work/disk_cap.err"); then
+    declare -A from
+    for p in "${procs[@]}"; do from[$p]=$(cgroup_of "$p" "$cg"); echo "$p" > "$cg/cgroup.procs"; done
     cold_rounds cap "$COLD_CAP_ROUNDS"
-    for p in "$OFF_PID" "$(cat "$work/peer/nginx.pid")" "$NGX_PID" "$(cat "$work/aio/nginx.pid")" "$AIO_PID"; do echo "$p" > "$(dirname "$cg")/cgroup.procs"; done
+    for p in "${procs[@]}"; do echo "$p" > "${from[$p]}/cgroup.procs" || true; done # back where they were
     rmdir "$cg" 2>/dev/null || true
     COLD_TABLE=$(cold_table cap "5a. Cold disk, disk-bound: the servers' reads capped at $((COLD_BPS >> 20)) MiB/s (block throttle of a cgroup); 8 clients each read a different ${COLD_CAP_MB} MiB file")
   else
-    COLD_TABLE="5a. Cold disk, disk-bound: not run (COLD_BPS=0, or no block throttle here: needs root and a cgroup blkio or io controller).
+    [ "$COLD_BPS" = 0 ] || why=$(cat "$work/disk_cap.err")
+    COLD_TABLE="5a. Cold disk, disk-bound: not run ($why).
 "
   fi
   # b. This machine's own virtual disk, which its host caches: the same cold read runs
@@ -150,23 +154,43 @@ cold_disk() {
 $(cold_table host "5b. Cold disk, host-cached: the virtual disk as it is (its host caches it); 8 clients each read a different ${COLD_MB} MiB file, from four copies of the files, the copy each server reads turning with the rounds")"
 }
 # disk_cap DIR BPS: makes a cgroup whose reads from the disk holding DIR are capped at
-# BPS bytes a second and prints its folder; fails where that cannot be done.
+# BPS bytes a second and prints its folder; where that cannot be done, says why on
+# stderr and fails.
 disk_cap() {
   local mm dev g
-  mm=$(findmnt -no MAJ:MIN -T "$1" 2>/dev/null | head -1 | tr -d " ") && [ -e "/sys/dev/block/$mm" ] || return 1
+  mm=$(findmnt -no MAJ:MIN -T "$1" 2>/dev/null | head -1 | tr -d " ")
+  if [ -z "$mm" ] || [ ! -e "/sys/dev/block/$mm" ]; then
+    echo "$1 is on no block device (${mm:-?}: tmpfs, overlay or btrfs?), so nothing to cap" >&2; return 1
+  fi
   dev=$mm; [ -e "/sys/dev/block/$mm/partition" ] && dev=$(cat "/sys/dev/block/$mm/../dev")
-  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
-    grep -qw io /sys/fs/cgroup/cgroup.controllers || return 1
-    echo +io > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || return 1
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then # cgroup v2
     g=/sys/fs/cgroup/offload-bench-$$
-    mkdir -p "$g" && echo "$dev rbps=$2" > "$g/io.max" || return 1
-  elif [ -d /sys/fs/cgroup/blkio ]; then
+    if ! grep -qw io /sys/fs/cgroup/cgroup.controllers; then
+      echo "no cgroup v2 io controller here" >&2; return 1
+    fi
+    if ! grep -qw io /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null && ! echo +io > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; then
+      echo "cannot turn the cgroup v2 io controller on (needs root, outside a container's cgroup namespace)" >&2; return 1
+    fi
+    mkdir -p "$g" 2>/dev/null && echo "$dev rbps=$2" > "$g/io.max" 2>/dev/null ||
+      { rmdir "$g" 2>/dev/null; echo "cannot cap $dev's reads in $g (needs root)" >&2; return 1; }
+  elif [ -d /sys/fs/cgroup/blkio ]; then # cgroup v1
     g=/sys/fs/cgroup/blkio/offload-bench-$$
-    mkdir -p "$g" && echo "$dev $2" > "$g/blkio.throttle.read_bps_device" || return 1
+    mkdir -p "$g" 2>/dev/null && echo "$dev $2" > "$g/blkio.throttle.read_bps_device" 2>/dev/null ||
+      { rmdir "$g" 2>/dev/null; echo "cannot cap $dev's reads in $g (needs root, and the kernel's block throttle)" >&2; return 1; }
   else
-    return 1
-  fi 2>/dev/null
+    echo "no cgroup blkio or io controller here" >&2; return 1
+  fi
   echo "$g"
+}
+# cgroup_of PID CG: the folder of PID's cgroup in the hierarchy CG is in.
+cgroup_of() {
+  local root rel
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    root=/sys/fs/cgroup; rel=$(awk -F: '$1 == "0" {print $3}' "/proc/$1/cgroup")
+  else
+    root=$(dirname "$2"); rel=$(awk -F: '$2 ~ /(^|,)blkio(,|$)/ {print $3}' "/proc/$1/cgroup")
+  fi
+  echo "$root${rel%/}"
 }
 # cold_rounds MODE ROUNDS: ROUNDS rounds (after one not counted) of the four runs, into
 # $work/cold_MODE: off, ngx and aio each serve the 8 cold readers while the probe asks
@@ -198,12 +222,18 @@ cold_rounds() {
       # shellcheck disable=SC2086
       "$work/offload" bench -c 8 -n 8 "${drop[@]}" --json $urls > "$work/disk.json" &
       local cold=$! ppid
+      COLD_PIDS=("$cold")
       sleep 0.3 # the page cache emptied (--drop-cache), the hot file is read in again
       curl -sf -o /dev/null "$probe" || true
-      "$work/offload" bench -c 1 -d 1h --rate 1K --probe "$probe" --probe-rate "$PROBE_RATE" --json "$probe" > "$work/probe.json" &
+      "$work/offload" bench -c 1 -d 10m --rate 1K --probe "$probe" --probe-rate "$PROBE_RATE" --json "$probe" > "$work/probe.json" &
       ppid=$!
+      COLD_PIDS+=("$ppid")
       wait "$cold" || true
-      kill -INT "$ppid"; wait "$ppid" || true
+      # SIGTERM, not SIGINT: a background job of a script starts with SIGINT ignored.
+      # The probe ends its run on it and reports.
+      kill -TERM "$ppid" 2>/dev/null || true
+      wait "$ppid" || true
+      COLD_PIDS=()
       # Rows: round, server, probe p99, bytes/s, probe requests, the server's CPU seconds
       # per GiB sent (all its threads), the client's CPU %.
       [ "$round" = 0 ] || echo "$round $t $(jget "$work/probe.json" "['probe']['latency_ms']['P99']") $(jget "$work/disk.json" "['bytes_per_second']") $(jget "$work/probe.json" "['probe']['requests']") $(awk -v d=$(( $(cpu_ticks "$spid") - cpu0 )) -v hz="$(getconf CLK_TCK)" -v b="$(jget "$work/disk.json" "['bytes']")" 'BEGIN {printf "%.3f", (b > 0 ? d / hz / (b / 2^30) : 0)}') $(jget "$work/disk.json" "['client_cpu_percent']")" >> "$rows"

@@ -1074,6 +1074,9 @@ func (c *conn) finish() {
 // close runs from OnClose: whatever the connection was doing, free it.
 func (c *conn) close() {
 	c.closed.Store(true)
+	if c.disk != nil {
+		c.disk.cancel.Store(true) // the worker stops sending at its next page
+	}
 	if c.tls != nil {
 		c.tlsClose()
 	}

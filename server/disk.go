@@ -51,6 +51,8 @@ type diskJob struct {
 	wake   func() // resumes the connection on its loop (gnet's Wake: safe off the loop); nil for a prefetch
 	done   atomic.Bool
 	err    error // the disk's error; set before done
+	// cancel: the connection closed; the worker stops at its next page.
+	cancel atomic.Bool
 
 	// sock, when not -1, is a dup of the client's socket (non-blocking, as gnet set
 	// it): the worker sends the bytes it read in with sendfile, as nginx's "aio
@@ -84,8 +86,13 @@ type diskPool struct {
 	// sendfile is a worker's sendfile: unix.Sendfile, a system call the Go scheduler
 	// knows may block (on the disk), unlike the loop's raw one (conn.go).
 	sendfile func(out, in int, off *int64, n int) (int, error)
-	// inCore says how much of a job's bytes is in memory (the function inCore).
+	// inCore says how much of a job's bytes is in memory (the function inCore), and
+	// kick has a worker's next bytes read in (the function kick).
 	inCore func(fd int, off, end int64, vec []byte) int64
+	kick   func(fd int, off, n int64)
+	// probe is the workers' inMemory: a system call the scheduler knows may block, as
+	// a RWF_NOWAIT read may while it allocates and queues the read-ahead it starts.
+	probe func(fd int, off int64) bool
 
 	mu     sync.Mutex // protects jobs and closed
 	cond   *sync.Cond
@@ -95,7 +102,7 @@ type diskPool struct {
 
 func newDiskPool(workers int, m *metrics) *diskPool {
 	p := &diskPool{workers: workers, metrics: m, read: unix.Pread, resident: inMemory, cached: readInMemory,
-		sendfile: unix.Sendfile, inCore: inCore}
+		sendfile: unix.Sendfile, inCore: inCore, kick: kick, probe: probeInMemory}
 	p.cond = sync.NewCond(&p.mu)
 	for range workers {
 		go p.run()
@@ -173,33 +180,26 @@ func (p *diskPool) run() {
 // right to run Go code) until the runtime's monitor takes it back, which can be 10-20
 // ms later, and workers waiting for the disk held every P, so the event loops, woken
 // for a hot request, could not run: behind 8 cold readers capped at 256 MiB/s, a hot
-// file's p99 was 10.7-13.4 ms against nginx-aio's 4-8 ms (and 3.6-4.7 ms with a P for
+// file's p99 was 9-13 ms against nginx-aio's 4.5-5.5 ms (and 3.6-4.7 ms with a P for
 // every worker, GOMAXPROCS=18, which cost 30% of the TLS handshakes a second). So a
-// worker sends only what is in memory (mincore, inCore), asks for the next page
-// without waiting for it (a RWF_NOWAIT read, which starts the kernel's read-ahead
-// there as any read does: resident), and sleeps until the page is in; past awaitLimit
-// of waiting it lets sendfile wait instead, as a page whose read failed never comes in
-// and the blocking read reports why (EIO).
+// worker sends only what is in memory (mincore: inCore), has the next bytes read in
+// without waiting for them (kick), and sleeps until they are in; after awaitLimit of
+// waiting for one page it lets sendfile wait instead, as a page whose read failed
+// never comes in, and the blocking read reports why (EIO).
 func (p *diskPool) send(j *diskJob, vec []byte) {
 	off, end := j.off, j.off+j.n
-	var waited time.Duration
-	delay := awaitMin
-	for off < end {
+	if size, ok := fileSize(j.fd); ok && size < end {
+		end = max(size, off+1) // sendfile finds the file short: errShortFile
+	}
+	w := p.newWait(j)
+	for off < end && !j.cancel.Load() {
 		n := end - off
-		if waited < awaitLimit {
-			switch r := p.inCore(j.fd, off, end, vec); {
-			case r > 0:
-				n = r
-			case !p.resident(j.fd, off):
-				time.Sleep(delay)
-				waited += delay
-				delay = min(2*delay, awaitMax)
-				continue
-			default: // came in meanwhile: its page at least
-				n = min(n, int64(pageSize)-off%int64(pageSize))
-			}
+		if r, ok := w.inMemory(off, end, vec); ok {
+			n = r
+		} else if !w.sleep(off, end) {
+			continue
 		}
-		w, err := p.sendfile(j.sock, j.fd, &off, int(n))
+		k, err := p.sendfile(j.sock, j.fd, &off, int(n))
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -211,15 +211,110 @@ func (p *diskPool) send(j *diskJob, vec []byte) {
 			j.noSendfile = true
 		case err != nil:
 			j.sendErr = err
-		case w == 0:
+		case k == 0:
 			j.sendErr = errShortFile
 		default:
-			waited, delay = 0, awaitMin
+			w.progress()
 			continue
 		}
 		break
 	}
 	j.sent = off - j.off
+}
+
+// diskWait is one job's waiting for the disk, asleep (see send).
+type diskWait struct {
+	p      *diskPool
+	j      *diskJob
+	since  time.Time // the wait for the current page began; zero: not waiting
+	delay  time.Duration
+	kicked int64 // the bytes before it were asked for (kick)
+	// noCore: mincore cannot tell for this file (Linux reports every page of a file
+	// the process may neither write nor own as in memory, as a local copy of the web
+	// space may be), so RWF_NOWAIT reads of a piece's first and last bytes tell.
+	noCore  bool
+	checked bool // mincore agreed with a read: it can tell
+}
+
+func (p *diskPool) newWait(j *diskJob) *diskWait {
+	return &diskWait{p: p, j: j, delay: awaitMin}
+}
+
+// inMemory says how many bytes from off (before end) are in memory and may go out
+// without waiting for the disk; false: none, so wait (sleep).
+func (w *diskWait) inMemory(off, end int64, vec []byte) (int64, bool) {
+	if !w.noCore {
+		r := w.p.inCore(w.j.fd, off, end, vec)
+		if r == 0 {
+			return 0, false
+		}
+		if w.checked || w.p.probe(w.j.fd, off) {
+			w.checked = true // mincore agrees with a read once: it can tell for this file
+			return r, true
+		}
+		// mincore says in memory, a read says not: it cannot tell for this file.
+		w.noCore = true
+	}
+	// Without mincore, a piece of noCorePiece goes out when its first and last pages
+	// are in memory (the kick asked for all of the job's bytes, so there are no holes).
+	n := min(end-off, noCorePiece)
+	if w.p.probe(w.j.fd, off) && w.p.probe(w.j.fd, off+n-1) {
+		return n, true
+	}
+	return 0, false
+}
+
+// noCorePiece is what a worker sends at a time where mincore cannot tell (see diskWait).
+const noCorePiece = 64 << 10
+
+// sleep waits for the page at off: it has the bytes up to end read in, once, and sleeps,
+// from awaitMin doubling up to awaitMax. False: sleep again (after inMemory); true: the
+// page has been waited for awaitLimit, so let sendfile wait for it.
+func (w *diskWait) sleep(off, end int64) bool {
+	now := time.Now()
+	if w.since.IsZero() {
+		w.since = now
+	} else if now.Sub(w.since) >= awaitLimit {
+		w.p.metrics.diskWaitsGivenUp.Inc()
+		w.since, w.delay = time.Time{}, awaitMin
+		return true
+	}
+	if w.kicked <= off {
+		w.kicked = end
+		w.p.kick(w.j.fd, off, end-off)
+	}
+	time.Sleep(w.delay)
+	w.delay = min(2*w.delay, awaitMax)
+	return false
+}
+
+// progress: bytes went out, so the next page's wait starts afresh.
+func (w *diskWait) progress() { w.since, w.delay = time.Time{}, awaitMin }
+
+// kick has [off, off+n) read in without waiting for it: a RWF_NOWAIT read of the first
+// byte starts the kernel's read-ahead there, as any read does, which goes on ahead by
+// itself as the bytes are read. Where the device reads nothing ahead (read_ahead_kb 0),
+// that would be a page a wait (review measured 64 MiB in 18 s), so there
+// POSIX_FADV_WILLNEED asks for all of them; not elsewhere, as it costs: with it on every
+// miss, 8 cold readers of this machine's host-cached disk got 0.66x nginx-aio's
+// throughput and used 0.64 CPU seconds a GiB, against 0.86-0.93x and 0.24 without.
+// Both are system calls the scheduler may take the P back from while they allocate and
+// queue the reads.
+func kick(fd int, off, n int64) {
+	var b [1]byte
+	_, _ = unix.Preadv2(fd, [][]byte{b[:]}, off, unix.RWF_NOWAIT)
+	if noReadAhead(fd) {
+		willNeed(fd, off, n)
+	}
+}
+
+// fileSize is fd's size, from fstat.
+func fileSize(fd int) (int64, bool) {
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil {
+		return 0, false
+	}
+	return st.Size, true
 }
 
 const (
@@ -287,18 +382,22 @@ var errShortFile = errors.New("data file shorter than its metadata")
 func (p *diskPool) load(j *diskJob, buf, vec []byte) error {
 	j.hint()
 	end := j.off + j.n
-	var waited time.Duration
-	delay := awaitMin
-	for off := j.off; off < end && waited < awaitLimit; {
-		if r := p.inCore(j.fd, off, end, vec); r > 0 {
-			off += r
-			waited, delay = 0, awaitMin
-			continue
-		}
-		time.Sleep(delay)
-		waited += delay
-		delay = min(2*delay, awaitMax)
+	if size, ok := fileSize(j.fd); ok && size < end {
+		end = size // the reads below find the file short
 	}
+	w := p.newWait(j)
+	for off := j.off; off < end && !j.cancel.Load(); {
+		if r, ok := w.inMemory(off, end, vec); ok {
+			off += r
+			w.progress()
+		} else if w.sleep(off, end) {
+			break
+		}
+	}
+	if j.cancel.Load() {
+		return nil // the connection closed: nobody waits for these bytes
+	}
+	end = j.off + j.n
 	for off := j.off; ; off = min(off+diskStep, end-1) {
 		r, err := p.read(j.fd, buf, off)
 		for errors.Is(err, unix.EINTR) {
@@ -363,6 +462,30 @@ func raPiece(fd int) int64 {
 	return piece
 }
 
+// noReadAheads caches noReadAhead by device number.
+var noReadAheads sync.Map
+
+// noReadAhead says whether fd's block device reads nothing ahead (read_ahead_kb 0).
+func noReadAhead(fd int) bool {
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil {
+		return false
+	}
+	if v, ok := noReadAheads.Load(st.Dev); ok {
+		return v.(bool)
+	}
+	none := false
+	dir := fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
+	for _, q := range []string{dir + "/queue", dir + "/../queue"} {
+		if ra, err := readKB(q + "/read_ahead_kb"); err == nil {
+			none = ra == 0
+			break
+		}
+	}
+	noReadAheads.Store(st.Dev, none)
+	return none
+}
+
 // readKB reads a sysfs file holding one number.
 func readKB(path string) (int64, error) {
 	b, err := os.ReadFile(path)
@@ -395,6 +518,14 @@ func inMemory(fd int, off int64) bool {
 		probeUnsupported.Store(true)
 	}
 	return true // other errors: let sendfile meet them and say so
+}
+
+// probeInMemory is inMemory for the disk pool's workers: the same question, asked with
+// a system call the Go scheduler knows may block.
+func probeInMemory(fd int, off int64) bool {
+	var b [1]byte
+	_, err := unix.Preadv2(fd, [][]byte{b[:]}, off, unix.RWF_NOWAIT)
+	return err != unix.EAGAIN
 }
 
 // readInMemory reads into p from off what of it is in the page cache, without blocking

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
 
 	"github.com/modoffload/offload/cache"
@@ -415,6 +417,7 @@ func TestWorkersWaitForTheDiskAsleep(t *testing.T) {
 	var ino atomic.Uint64
 	var arrived atomic.Int64 // the data file's bytes before it are in memory
 	var early atomic.Int64   // bytes a worker's sendfile was asked for before they were
+	var lie atomic.Bool      // mincore says every page is in memory, as Linux does for a file the process may not write
 	ofData := func(fd int) bool {
 		var st unix.Stat_t
 		return ino.Load() != 0 && unix.Fstat(fd, &st) == nil && st.Ino == ino.Load()
@@ -424,6 +427,9 @@ func TestWorkersWaitForTheDiskAsleep(t *testing.T) {
 		l.MaxDupes = 0
 		c.diskPool = func(p *diskPool) {
 			p.inCore = func(fd int, off, end int64, vec []byte) int64 {
+				if ofData(fd) && lie.Load() {
+					return end - off
+				}
 				if ofData(fd) {
 					return max(0, min(end, arrived.Load())-off)
 				}
@@ -434,6 +440,12 @@ func TestWorkersWaitForTheDiskAsleep(t *testing.T) {
 					return off < arrived.Load()
 				}
 				return inMemory(fd, off)
+			}
+			p.probe = func(fd int, off int64) bool {
+				if ofData(fd) {
+					return off < arrived.Load()
+				}
+				return probeInMemory(fd, off)
 			}
 			p.sendfile = func(out, in int, off *int64, n int) (int, error) {
 				if ofData(in) {
@@ -479,6 +491,31 @@ func TestWorkersWaitForTheDiskAsleep(t *testing.T) {
 		t.Errorf("the workers' sendfile was asked for %d bytes before they were in memory", e)
 	}
 
+	// The same where mincore cannot tell (it says every page is in memory): the
+	// worker finds out, and asks each piece's first and last pages instead.
+	lie.Store(true)
+	arrived.Store(cache.HeaderSize + 1<<20)
+	stop = make(chan struct{})
+	go func() {
+		for arrived.Load() < end {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+				arrived.Add(256 << 10)
+			}
+		}
+	}()
+	resp, body = httpGetWithin(t, 20*time.Second, s.url+"/c.bin")
+	close(stop)
+	lie.Store(false)
+	if resp.StatusCode != 200 || !bytes.Equal(body, data) {
+		t.Fatalf("a download from the slow disk, mincore lying: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if e := early.Load(); e != 0 {
+		t.Errorf("mincore lying, the workers' sendfile was asked for %d bytes before they were in memory", e)
+	}
+
 	// The disk stops at 3 MiB for good: after awaitLimit the worker lets sendfile read
 	// the rest (here the file is fine, so the download ends with every byte).
 	arrived.Store(cache.HeaderSize + 3<<20)
@@ -507,8 +544,13 @@ func TestInCore(t *testing.T) {
 	fd := int(f.Fd())
 	vec := make([]byte, diskLoad/pageSize+2)
 	_ = unix.Fdatasync(fd)
-	if err := unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED); err != nil || inCore(fd, 0, 1<<20, vec) != 0 {
+	// Whether the eviction worked, a read of the last byte says (it reads in pages
+	// there, none at the start).
+	if err := unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED); err != nil || inMemory(fd, 1<<20-1) {
 		t.Skip("cannot empty the page cache of a file here")
+	}
+	if got := inCore(fd, 0, 512<<10, vec); got != 0 {
+		t.Errorf("an evicted file: %d bytes in memory", got)
 	}
 	// Read the first 100 KiB in: the kernel may read ahead past them, never less.
 	if _, err := unix.Pread(fd, make([]byte, 100<<10), 0); err != nil {
@@ -530,4 +572,111 @@ func TestInCore(t *testing.T) {
 	if got := inCore(fd, 1<<20, 1<<20+8192, vec); got != 0 {
 		t.Errorf("past the end: %d bytes", got)
 	}
+}
+
+// TestWorkerReadsInWithoutReadAhead: a cold file marked POSIX_FADV_RANDOM (the kernel
+// reads ahead of it no more than it is asked) comes in at the disk's pace through a
+// worker, every byte, and no page is waited for until the pool gives up on it. (Review
+// found a page per wait, 64 MiB in 18 s, on a loop device with read_ahead_kb 0; where
+// the device reads nothing ahead, the worker now has the rest of its job read in on a
+// miss, POSIX_FADV_WILLNEED: noReadAhead.)
+func TestWorkerReadsInWithoutReadAhead(t *testing.T) {
+	const size = 32 << 20
+	path := filepath.Join(t.TempDir(), "f")
+	data := randomBytes(size)
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	_ = unix.Fdatasync(fd)
+	if err := unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED); err != nil || inMemory(fd, 0) {
+		t.Skip("cannot empty the page cache of a file here")
+	}
+	if err := unix.Fadvise(fd, 0, 0, unix.FADV_RANDOM); err != nil {
+		t.Fatal(err)
+	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pair[0])
+	got := make(chan []byte)
+	go func() {
+		r := os.NewFile(uintptr(pair[1]), "reader")
+		defer r.Close()
+		b, _ := io.ReadAll(io.LimitReader(r, size))
+		got <- b
+	}()
+	m := &metrics{diskReads: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "r"}),
+		diskWaitsGivenUp: prometheus.NewCounter(prometheus.CounterOpts{Name: "g"})}
+	p := newDiskPool(0, m)
+	vec := make([]byte, diskLoad/pageSize+2)
+	start := time.Now()
+	for off := int64(0); off < size; {
+		j := &diskJob{fd: fd, off: off, n: min(diskLoad, size-off), sock: pair[0]}
+		p.send(j, vec)
+		if j.err != nil || j.sendErr != nil || j.noSendfile {
+			t.Fatalf("at %d: %v %v %v", off, j.err, j.sendErr, j.noSendfile)
+		}
+		off += j.sent
+		if j.full {
+			_, _ = unix.Poll([]unix.PollFd{{Fd: int32(pair[0]), Events: unix.POLLOUT}}, 1000)
+		}
+	}
+	took := time.Since(start)
+	if b := <-got; !bytes.Equal(b, data) {
+		t.Fatalf("the reader got %d bytes, equal %v", len(b), bytes.Equal(b, data[:len(b)]))
+	}
+	if n := counterValue(m.diskWaitsGivenUp); n != 0 {
+		t.Errorf("%v pages waited for until the pool gave up", n)
+	}
+	// A page per wait takes a millisecond or more (a sleep's least): 8192 pages, 8 s or more.
+	if took > 4*time.Second {
+		t.Errorf("32 MiB without read-ahead took %v", took)
+	}
+}
+
+// TestLoadPastTheEndReturnsAtOnce: a load job for bytes past the end of its file (a
+// data file shorter than its metadata says, or a local file cut short while served)
+// does not hold its worker for the wait's limit (found by review: 500 ms a job, so a
+// few dozen such requests a second held every worker).
+func TestLoadPastTheEndReturnsAtOnce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, randomBytes(100<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m := &metrics{diskWaitsGivenUp: prometheus.NewCounter(prometheus.CounterOpts{Name: "g"})}
+	p := newDiskPool(0, m)
+	var buf [1]byte
+	vec := make([]byte, diskLoad/pageSize+2)
+	start := time.Now()
+	for _, off := range []int64{200 << 10, 100<<10 - 10} {
+		j := &diskJob{fd: int(f.Fd()), off: off, n: 1 << 20, sock: -1}
+		if err := p.load(j, buf[:], vec); err != nil {
+			t.Errorf("load at %d: %v", off, err)
+		}
+	}
+	if took := time.Since(start); took >= awaitLimit {
+		t.Errorf("two loads past the end took %v", took)
+	}
+	if n := counterValue(m.diskWaitsGivenUp); n != 0 {
+		t.Errorf("%v pages waited for past the end", n)
+	}
+}
+
+// counterValue is a counter's value.
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	_ = c.Write(&m)
+	return m.GetCounter().GetValue()
 }

@@ -31,6 +31,9 @@ type metrics struct {
 
 	diskDeferrals prometheus.Counter   // sends that waited for the disk pool
 	diskReads     prometheus.Histogram // how long the disk pool's reads took
+	// diskWaitsGivenUp counts pages a worker waited awaitLimit for, asleep, before it
+	// let the read block instead (disk.go).
+	diskWaitsGivenUp prometheus.Counter
 }
 
 func newMetrics(c *cache.Cache, l *limiter.Limiter) *metrics {
@@ -63,6 +66,10 @@ func newMetrics(c *cache.Cache, l *limiter.Limiter) *metrics {
 		Help:    "How long the disk pool took to read a deferred chunk into memory.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 	})
+	m.diskWaitsGivenUp = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "offload_disk_slow_pages_total",
+		Help: "Pages the disk pool waited 500 ms for without blocking, then read blocking (a slow disk, or a failed read).",
+	})
 	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "offload_limiter_refusals_total", Help: "Requests or connections refused by a cap.",
 	}, []string{"cap"})
@@ -71,7 +78,7 @@ func newMetrics(c *cache.Cache, l *limiter.Limiter) *metrics {
 			func() float64 { return float64(v.Load()) })
 	}
 	s := &c.Stats
-	m.registry.MustRegister(m.requests, m.bytesSent, byListener, bytesByListener, m.handshakes, m.refusals, m.diskDeferrals, m.diskReads,
+	m.registry.MustRegister(m.requests, m.bytesSent, byListener, bytesByListener, m.handshakes, m.refusals, m.diskDeferrals, m.diskReads, m.diskWaitsGivenUp,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		stat("offload_cache_hits_total", "Requests served from a committed cache entry.", &s.Hits),
 		stat("offload_cache_misses_total", "Requests that needed a fill.", &s.Misses),
