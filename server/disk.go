@@ -434,56 +434,47 @@ func willNeed(fd int, off, n int64) {
 // read-ahead.
 const minRAPiece = 128 << 10
 
-// raPieces caches raPiece by device number (st_dev).
-var raPieces sync.Map
-
 // raPiece is how much one POSIX_FADV_WILLNEED reads of fd's file: the larger of its
 // block device's read_ahead_kb and max_sectors_kb (a partition's are its disk's), at
 // least minRAPiece and at most 64 MiB.
-func raPiece(fd int) int64 {
+func raPiece(fd int) int64 { return readAheadOf(fd).piece }
+
+// noReadAhead says whether fd's block device reads nothing ahead (read_ahead_kb 0).
+func noReadAhead(fd int) bool { return readAheadOf(fd).none }
+
+// readAhead is what a block device's queue says of its read-ahead: raPiece and
+// noReadAhead.
+type readAhead struct {
+	piece int64
+	none  bool
+}
+
+// readAheads caches readAheadOf by device number (st_dev).
+var readAheads sync.Map
+
+// readAheadOf reads fd's block device's read_ahead_kb and max_sectors_kb from sysfs,
+// once a device.
+func readAheadOf(fd int) readAhead {
 	var st unix.Stat_t
 	if unix.Fstat(fd, &st) != nil {
-		return minRAPiece
+		return readAhead{piece: minRAPiece}
 	}
-	if v, ok := raPieces.Load(st.Dev); ok {
-		return v.(int64)
+	if v, ok := readAheads.Load(st.Dev); ok {
+		return v.(readAhead)
 	}
-	piece := int64(minRAPiece)
+	r := readAhead{piece: minRAPiece}
 	dir := fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
 	for _, q := range []string{dir + "/queue", dir + "/../queue"} {
 		ra, err1 := readKB(q + "/read_ahead_kb")
 		io, err2 := readKB(q + "/max_sectors_kb")
 		if err1 == nil || err2 == nil {
-			piece = min(max(piece, ra<<10, io<<10), 64<<20)
+			r.piece = min(max(r.piece, ra<<10, io<<10), 64<<20)
+			r.none = err1 == nil && ra == 0
 			break
 		}
 	}
-	raPieces.Store(st.Dev, piece)
-	return piece
-}
-
-// noReadAheads caches noReadAhead by device number.
-var noReadAheads sync.Map
-
-// noReadAhead says whether fd's block device reads nothing ahead (read_ahead_kb 0).
-func noReadAhead(fd int) bool {
-	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil {
-		return false
-	}
-	if v, ok := noReadAheads.Load(st.Dev); ok {
-		return v.(bool)
-	}
-	none := false
-	dir := fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
-	for _, q := range []string{dir + "/queue", dir + "/../queue"} {
-		if ra, err := readKB(q + "/read_ahead_kb"); err == nil {
-			none = ra == 0
-			break
-		}
-	}
-	noReadAheads.Store(st.Dev, none)
-	return none
+	readAheads.Store(st.Dev, r)
+	return r
 }
 
 // readKB reads a sysfs file holding one number.

@@ -464,20 +464,27 @@ func TestWorkersWaitForTheDiskAsleep(t *testing.T) {
 	}
 	end := int64(cache.HeaderSize + len(data))
 
-	// The disk delivers 256 KiB every 10 ms: no byte is asked of sendfile early.
-	arrived.Store(cache.HeaderSize + 1<<20)
-	ino.Store(st.Ino)
-	stop := make(chan struct{})
-	go func() {
-		for arrived.Load() < end {
-			select {
-			case <-stop:
-				return
-			case <-time.After(10 * time.Millisecond):
-				arrived.Add(256 << 10)
+	// deliver has the disk deliver the file from 1 MiB on, 256 KiB every 10 ms, until
+	// it is all in or stop is closed.
+	deliver := func() (stop chan struct{}) {
+		arrived.Store(cache.HeaderSize + 1<<20)
+		stop = make(chan struct{})
+		go func() {
+			for arrived.Load() < end {
+				select {
+				case <-stop:
+					return
+				case <-time.After(10 * time.Millisecond):
+					arrived.Add(256 << 10)
+				}
 			}
-		}
-	}()
+		}()
+		return stop
+	}
+
+	// As the disk delivers, no byte is asked of sendfile early.
+	ino.Store(st.Ino)
+	stop := deliver()
 	before := metricValue(t, s.Server, "offload_disk_deferrals_total")
 	resp, body := httpGetWithin(t, 20*time.Second, s.url+"/c.bin")
 	close(stop)
@@ -494,18 +501,7 @@ func TestWorkersWaitForTheDiskAsleep(t *testing.T) {
 	// The same where mincore cannot tell (it says every page is in memory): the
 	// worker finds out, and asks each piece's first and last pages instead.
 	lie.Store(true)
-	arrived.Store(cache.HeaderSize + 1<<20)
-	stop = make(chan struct{})
-	go func() {
-		for arrived.Load() < end {
-			select {
-			case <-stop:
-				return
-			case <-time.After(10 * time.Millisecond):
-				arrived.Add(256 << 10)
-			}
-		}
-	}()
+	stop = deliver()
 	resp, body = httpGetWithin(t, 20*time.Second, s.url+"/c.bin")
 	close(stop)
 	lie.Store(false)
@@ -532,16 +528,7 @@ func TestWorkersWaitForTheDiskAsleep(t *testing.T) {
 // TestInCore: inCore finds the bytes of a file that are in memory, from an offset up to
 // the first page that is not.
 func TestInCore(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(path, randomBytes(1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fd := int(f.Fd())
+	fd := openTemp(t, randomBytes(1<<20))
 	vec := make([]byte, diskLoad/pageSize+2)
 	_ = unix.Fdatasync(fd)
 	// Whether the eviction worked, a read of the last byte says (it reads in pages
@@ -582,17 +569,8 @@ func TestInCore(t *testing.T) {
 // miss, POSIX_FADV_WILLNEED: noReadAhead.)
 func TestWorkerReadsInWithoutReadAhead(t *testing.T) {
 	const size = 32 << 20
-	path := filepath.Join(t.TempDir(), "f")
 	data := randomBytes(size)
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fd := int(f.Fd())
+	fd := openTemp(t, data)
 	_ = unix.Fdatasync(fd)
 	if err := unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED); err != nil || inMemory(fd, 0) {
 		t.Skip("cannot empty the page cache of a file here")
@@ -646,22 +624,14 @@ func TestWorkerReadsInWithoutReadAhead(t *testing.T) {
 // does not hold its worker for the wait's limit (found by review: 500 ms a job, so a
 // few dozen such requests a second held every worker).
 func TestLoadPastTheEndReturnsAtOnce(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(path, randomBytes(100<<10), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	fd := openTemp(t, randomBytes(100<<10))
 	m := &metrics{diskWaitsGivenUp: prometheus.NewCounter(prometheus.CounterOpts{Name: "g"})}
 	p := newDiskPool(0, m)
 	var buf [1]byte
 	vec := make([]byte, diskLoad/pageSize+2)
 	start := time.Now()
 	for _, off := range []int64{200 << 10, 100<<10 - 10} {
-		j := &diskJob{fd: int(f.Fd()), off: off, n: 1 << 20, sock: -1}
+		j := &diskJob{fd: fd, off: off, n: 1 << 20, sock: -1}
 		if err := p.load(j, buf[:], vec); err != nil {
 			t.Errorf("load at %d: %v", off, err)
 		}
@@ -679,4 +649,20 @@ func counterValue(c prometheus.Counter) float64 {
 	var m dto.Metric
 	_ = c.Write(&m)
 	return m.GetCounter().GetValue()
+}
+
+// openTemp writes data to a file of the test's and opens it for reading: its descriptor,
+// closed when the test ends.
+func openTemp(t *testing.T, data []byte) int {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return int(f.Fd())
 }
