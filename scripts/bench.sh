@@ -34,7 +34,7 @@ work=$(mktemp -d /tmp/offload-bench-XXXXXX)
 pids=()
 COLD_PIDS=() # step 5's client processes of the moment
 cleanup() {
-  for p in "${pids[@]}" "${COLD_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"
+  for p in "${pids[@]}" ${COLD_PIDS[@]+"${COLD_PIDS[@]}"}; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"
   rmdir "/sys/fs/cgroup/blkio/offload-bench-$$" "/sys/fs/cgroup/offload-bench-$$" 2>/dev/null || true # disk_cap's
 }
 trap cleanup EXIT
@@ -128,12 +128,23 @@ cold_disk() {
   # cap is well below what the host's cache gives.
   local cg why="COLD_BPS=0" p procs
   procs=("$OFF_PID" "$(cat "$work/peer/nginx.pid")" "$NGX_PID" "$(cat "$work/aio/nginx.pid")" "$AIO_PID")
+  local moved=() from=() f i
   if [ "$COLD_BPS" != 0 ] && cg=$(disk_cap "$work" "$COLD_BPS" 2>"$work/disk_cap.err"); then
-    declare -A from
-    for p in "${procs[@]}"; do from[$p]=$(cgroup_of "$p" "$cg"); echo "$p" > "$cg/cgroup.procs"; done
-    cold_rounds cap "$COLD_CAP_ROUNDS"
-    for p in "${procs[@]}"; do echo "$p" > "${from[$p]}/cgroup.procs" || true; done # back where they were
-    rmdir "$cg" 2>/dev/null || true
+    for p in "${procs[@]}"; do
+      if ! f=$(cgroup_of "$p" "$cg") || ! echo "$p" 2>/dev/null > "$cg/cgroup.procs"; then
+        echo "cannot move process ${p:-?} into $cg" > "$work/disk_cap.err"; break
+      fi
+      moved+=("$p"); from+=("$f")
+    done
+    [ ${#moved[@]} != ${#procs[@]} ] || cold_rounds cap "$COLD_CAP_ROUNDS"
+  fi
+  # Back where they were, and the cap gone: 5b and 6 must not run capped.
+  for i in "${!moved[@]}"; do echo "${moved[$i]}" 2>/dev/null > "${from[$i]}/cgroup.procs" || true; done
+  if [ -n "${cg:-}" ] && [ -d "$cg" ] && ! rmdir "$cg" 2>/dev/null; then
+    echo "bench: cannot remove $cg (processes left in it: $(cat "$cg/cgroup.procs" | tr '\n' ' ')): the rest would run capped" >&2
+    exit 1
+  fi
+  if [ -s "$work/cold_cap" ]; then
     COLD_TABLE=$(cold_table cap "5a. Cold disk, disk-bound: the servers' reads capped at $((COLD_BPS >> 20)) MiB/s (block throttle of a cgroup); 8 clients each read a different ${COLD_CAP_MB} MiB file")
   else
     [ "$COLD_BPS" = 0 ] || why=$(cat "$work/disk_cap.err")
@@ -216,19 +227,22 @@ cold_rounds() {
       drop=(--drop-cache "$work/www" --drop-cache "$work/cache"); [ "${COLD_DROP:-1}" = 1 ] || drop=()
       cpu0=$(cpu_ticks "$spid")
       # The probe is a process of its own (its main load: one connection reading the
-      # hot file at 1 KB/s), started once the page cache is emptied and stopped (SIGINT:
+      # hot file at 1 KB/s), started once the page cache is emptied and stopped (SIGTERM:
       # it reports) when the cold readers are done: in the cold readers' process its p99
       # was 15-16 ms even against an idle server, the client's own delays.
       # shellcheck disable=SC2086
-      "$work/offload" bench -c 8 -n 8 "${drop[@]}" --json $urls > "$work/disk.json" &
+      # (The background jobs drop the script's EXIT trap, which a subshell keeps until
+      # it runs the command, and would run if killed before.)
+      (trap - EXIT; exec "$work/offload" bench -c 8 -n 8 "${drop[@]}" --json $urls > "$work/disk.json") &
       local cold=$! ppid
       COLD_PIDS=("$cold")
       sleep 0.3 # the page cache emptied (--drop-cache), the hot file is read in again
       curl -sf -o /dev/null "$probe" || true
-      "$work/offload" bench -c 1 -d 10m --rate 1K --probe "$probe" --probe-rate "$PROBE_RATE" --json "$probe" > "$work/probe.json" &
+      (trap - EXIT; exec "$work/offload" bench -c 1 -d 2h --rate 1K --probe "$probe" --probe-rate "$PROBE_RATE" --json "$probe" > "$work/probe.json") &
       ppid=$!
       COLD_PIDS+=("$ppid")
       wait "$cold" || true
+      sleep 0.5 # the probe has its signal handler by now, however short the cold run
       # SIGTERM, not SIGINT: a background job of a script starts with SIGINT ignored.
       # The probe ends its run on it and reports.
       kill -TERM "$ppid" 2>/dev/null || true

@@ -89,7 +89,9 @@ type diskPool struct {
 	// inCore says how much of a job's bytes is in memory (the function inCore), and
 	// kick has a worker's next bytes read in (the function kick).
 	inCore func(fd int, off, end int64, vec []byte) int64
-	kick   func(fd int, off, n int64)
+	kick   func(fd int, off, n int64, rest bool)
+	// tells says whether mincore tells for a file (mincoreTells).
+	tells func(st *unix.Stat_t) bool
 	// probe is the workers' inMemory: a system call the scheduler knows may block, as
 	// a RWF_NOWAIT read may while it allocates and queues the read-ahead it starts.
 	probe func(fd int, off int64) bool
@@ -102,7 +104,7 @@ type diskPool struct {
 
 func newDiskPool(workers int, m *metrics) *diskPool {
 	p := &diskPool{workers: workers, metrics: m, read: unix.Pread, resident: inMemory, cached: readInMemory,
-		sendfile: unix.Sendfile, inCore: inCore, kick: kick, probe: probeInMemory}
+		sendfile: unix.Sendfile, inCore: inCore, kick: kick, probe: probeInMemory, tells: mincoreTells}
 	p.cond = sync.NewCond(&p.mu)
 	for range workers {
 		go p.run()
@@ -188,10 +190,20 @@ func (p *diskPool) run() {
 // never comes in, and the blocking read reports why (EIO).
 func (p *diskPool) send(j *diskJob, vec []byte) {
 	off, end := j.off, j.off+j.n
-	if size, ok := fileSize(j.fd); ok && size < end {
-		end = max(size, off+1) // sendfile finds the file short: errShortFile
-	}
 	w := p.newWait(j)
+	if w.size >= 0 && w.size < end {
+		// The file is shorter than its metadata says (a local file cut short while
+		// served): what is there goes out, then the connection ends, never a short 200.
+		if end = w.size; off >= end {
+			j.sendErr = errShortFile
+			return
+		}
+		defer func() {
+			if off == end && j.err == nil && j.sendErr == nil && !j.full && !j.noSendfile {
+				j.sendErr = errShortFile
+			}
+		}()
+	}
 	for off < end && !j.cancel.Load() {
 		n := end - off
 		if r, ok := w.inMemory(off, end, vec); ok {
@@ -231,29 +243,39 @@ type diskWait struct {
 	kicked int64 // the bytes before it were asked for (kick)
 	// noCore: mincore cannot tell for this file (Linux reports every page of a file
 	// the process may neither write nor own as in memory, as a local copy of the web
-	// space may be), so RWF_NOWAIT reads of a piece's first and last bytes tell.
-	noCore  bool
-	checked bool // mincore agreed with a read: it can tell
+	// space may be: mincoreTells), so RWF_NOWAIT reads of a piece's first and last
+	// bytes tell.
+	noCore bool
+	size   int64 // the file's size when the job began; -1: unknown
 }
 
 func (p *diskPool) newWait(j *diskJob) *diskWait {
-	return &diskWait{p: p, j: j, delay: awaitMin}
+	w := &diskWait{p: p, j: j, delay: awaitMin, size: -1}
+	var st unix.Stat_t
+	if unix.Fstat(j.fd, &st) == nil {
+		w.size = st.Size
+		w.noCore = !p.tells(&st)
+	}
+	return w
+}
+
+// mincoreTells says whether mincore(2) tells which pages of the file are in memory: as
+// Linux has it (can_do_mincore), for a file the process owns, may write, or is root
+// for; for others it says they all are. (Group and other write permissions are not
+// looked at: such files go the slower way, which is right whatever mincore says.)
+func mincoreTells(st *unix.Stat_t) bool {
+	euid := os.Geteuid()
+	return euid == 0 || st.Uid == uint32(euid) || st.Mode&0o002 != 0
 }
 
 // inMemory says how many bytes from off (before end) are in memory and may go out
 // without waiting for the disk; false: none, so wait (sleep).
 func (w *diskWait) inMemory(off, end int64, vec []byte) (int64, bool) {
 	if !w.noCore {
-		r := w.p.inCore(w.j.fd, off, end, vec)
-		if r == 0 {
-			return 0, false
-		}
-		if w.checked || w.p.probe(w.j.fd, off) {
-			w.checked = true // mincore agrees with a read once: it can tell for this file
+		if r := w.p.inCore(w.j.fd, off, end, vec); r > 0 {
 			return r, true
 		}
-		// mincore says in memory, a read says not: it cannot tell for this file.
-		w.noCore = true
+		return 0, false
 	}
 	// Without mincore, a piece of noCorePiece goes out when its first and last pages
 	// are in memory (the kick asked for all of the job's bytes, so there are no holes).
@@ -267,21 +289,27 @@ func (w *diskWait) inMemory(off, end int64, vec []byte) (int64, bool) {
 // noCorePiece is what a worker sends at a time where mincore cannot tell (see diskWait).
 const noCorePiece = 64 << 10
 
-// sleep waits for the page at off: it has the bytes up to end read in, once, and sleeps,
-// from awaitMin doubling up to awaitMax. False: sleep again (after inMemory); true: the
-// page has been waited for awaitLimit, so let sendfile wait for it.
+// sleep waits for the page at off: it has it read in (kick) and sleeps, from awaitMin
+// doubling up to awaitMax. False: sleep again (after inMemory); true: the page has been
+// waited for awaitLimit, or is past the end of the file, so let sendfile wait for it,
+// or say the file is short.
 func (w *diskWait) sleep(off, end int64) bool {
 	now := time.Now()
-	if w.since.IsZero() {
+	switch {
+	case w.since.IsZero():
 		w.since = now
-	} else if now.Sub(w.since) >= awaitLimit {
+		if size, ok := fileSize(w.j.fd); ok && off >= size {
+			return true // past the end (the file was cut short): sendfile says so
+		}
+		// Each wait asks for its page (a read-ahead chain the kernel broke is
+		// started again); where the device reads nothing ahead, the rest of the job
+		// is asked for, once.
+		w.p.kick(w.j.fd, off, end-off, w.kicked <= off)
+		w.kicked = max(w.kicked, end)
+	case now.Sub(w.since) >= awaitLimit:
 		w.p.metrics.diskWaitsGivenUp.Inc()
 		w.since, w.delay = time.Time{}, awaitMin
 		return true
-	}
-	if w.kicked <= off {
-		w.kicked = end
-		w.p.kick(w.j.fd, off, end-off)
 	}
 	time.Sleep(w.delay)
 	w.delay = min(2*w.delay, awaitMax)
@@ -300,13 +328,32 @@ func (w *diskWait) progress() { w.since, w.delay = time.Time{}, awaitMin }
 // throughput and used 0.64 CPU seconds a GiB, against 0.86-0.93x and 0.24 without.
 // Both are system calls the scheduler may take the P back from while they allocate and
 // queue the reads.
-func kick(fd int, off, n int64) {
+func kick(fd int, off, n int64, rest bool) {
+	if !nowaitReadsAhead() {
+		// Before Linux 5.9 a RWF_NOWAIT read starts no read: ask for a read-ahead's worth.
+		willNeed(fd, off, min(n, raPiece(fd)))
+		return
+	}
 	var b [1]byte
 	_, _ = unix.Preadv2(fd, [][]byte{b[:]}, off, unix.RWF_NOWAIT)
-	if noReadAhead(fd) {
+	if rest && noReadAhead(fd) {
 		willNeed(fd, off, n)
 	}
 }
+
+// nowaitReadsAhead says whether a RWF_NOWAIT read of a page not in memory starts its
+// read (and the read-ahead around it), as it does since Linux 5.9.
+var nowaitReadsAhead = sync.OnceValue(func() bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return true
+	}
+	var major, minor int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor); err != nil {
+		return true
+	}
+	return major > 5 || major == 5 && minor >= 9
+})
 
 // fileSize is fd's size, from fstat.
 func fileSize(fd int) (int64, bool) {
@@ -382,10 +429,10 @@ var errShortFile = errors.New("data file shorter than its metadata")
 func (p *diskPool) load(j *diskJob, buf, vec []byte) error {
 	j.hint()
 	end := j.off + j.n
-	if size, ok := fileSize(j.fd); ok && size < end {
-		end = size // the reads below find the file short
-	}
 	w := p.newWait(j)
+	if w.size >= 0 && w.size < end {
+		end = w.size // the reads below find the file short
+	}
 	for off := j.off; off < end && !j.cancel.Load(); {
 		if r, ok := w.inMemory(off, end, vec); ok {
 			off += r

@@ -426,6 +426,7 @@ func TestWorkersWaitForTheDiskAsleep(t *testing.T) {
 		cc.Dir = dir
 		l.MaxDupes = 0
 		c.diskPool = func(p *diskPool) {
+			p.tells = func(st *unix.Stat_t) bool { return !lie.Load() || st.Ino != ino.Load() }
 			p.inCore = func(fd int, off, end int64, vec []byte) int64 {
 				if ofData(fd) && lie.Load() {
 					return end - off
@@ -498,8 +499,8 @@ func TestWorkersWaitForTheDiskAsleep(t *testing.T) {
 		t.Errorf("the workers' sendfile was asked for %d bytes before they were in memory", e)
 	}
 
-	// The same where mincore cannot tell (it says every page is in memory): the
-	// worker finds out, and asks each piece's first and last pages instead.
+	// The same for a file mincore cannot tell for (it says every page is in memory):
+	// the worker asks each piece's first and last pages instead.
 	lie.Store(true)
 	stop = deliver()
 	resp, body = httpGetWithin(t, 20*time.Second, s.url+"/c.bin")
@@ -619,25 +620,37 @@ func TestWorkerReadsInWithoutReadAhead(t *testing.T) {
 	}
 }
 
-// TestLoadPastTheEndReturnsAtOnce: a load job for bytes past the end of its file (a
-// data file shorter than its metadata says, or a local file cut short while served)
-// does not hold its worker for the wait's limit (found by review: 500 ms a job, so a
-// few dozen such requests a second held every worker).
-func TestLoadPastTheEndReturnsAtOnce(t *testing.T) {
+// TestJobsPastTheEndReturnAtOnce: a job for bytes past the end of its file (a data file
+// shorter than its metadata says, or a local file cut short while served) does not hold
+// its worker for the wait's limit (found by review: 500 ms a job, so a few dozen such
+// requests a second held every worker), and a send job says the file is short, so the
+// connection ends rather than look complete.
+func TestJobsPastTheEndReturnAtOnce(t *testing.T) {
 	fd := openTemp(t, randomBytes(100<<10))
 	m := &metrics{diskWaitsGivenUp: prometheus.NewCounter(prometheus.CounterOpts{Name: "g"})}
 	p := newDiskPool(0, m)
 	var buf [1]byte
 	vec := make([]byte, diskLoad/pageSize+2)
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pair[0])
+	defer unix.Close(pair[1])
 	start := time.Now()
-	for _, off := range []int64{200 << 10, 100<<10 - 10} {
+	for _, off := range []int64{200 << 10, 100 << 10, 100<<10 - 10} {
 		j := &diskJob{fd: fd, off: off, n: 1 << 20, sock: -1}
 		if err := p.load(j, buf[:], vec); err != nil {
 			t.Errorf("load at %d: %v", off, err)
 		}
+		j = &diskJob{fd: fd, off: off, n: 1 << 20, sock: pair[0]}
+		p.send(j, vec)
+		if want := max(0, 100<<10-off); j.sent != want || j.sendErr != errShortFile {
+			t.Errorf("send at %d: %d bytes sent (want %d), %v", off, j.sent, want, j.sendErr)
+		}
 	}
 	if took := time.Since(start); took >= awaitLimit {
-		t.Errorf("two loads past the end took %v", took)
+		t.Errorf("jobs past the end took %v", took)
 	}
 	if n := counterValue(m.diskWaitsGivenUp); n != 0 {
 		t.Errorf("%v pages waited for past the end", n)
