@@ -206,7 +206,7 @@ func (p *diskPool) send(j *diskJob, vec []byte) {
 	}
 	for off < end && !j.cancel.Load() {
 		n := end - off
-		if r, ok := w.inMemory(off, end, vec); ok {
+		if r, ok := w.ready(off, end, vec); ok {
 			n = r
 		} else if !w.sleep(off, end) {
 			continue
@@ -268,9 +268,9 @@ func mincoreTells(st *unix.Stat_t) bool {
 	return euid == 0 || st.Uid == uint32(euid) || st.Mode&0o002 != 0
 }
 
-// inMemory says how many bytes from off (before end) are in memory and may go out
+// ready says how many bytes from off (before end) are in memory and may go out
 // without waiting for the disk; false: none, so wait (sleep).
-func (w *diskWait) inMemory(off, end int64, vec []byte) (int64, bool) {
+func (w *diskWait) ready(off, end int64, vec []byte) (int64, bool) {
 	if !w.noCore {
 		if r := w.p.inCore(w.j.fd, off, end, vec); r > 0 {
 			return r, true
@@ -290,7 +290,7 @@ func (w *diskWait) inMemory(off, end int64, vec []byte) (int64, bool) {
 const noCorePiece = 64 << 10
 
 // sleep waits for the page at off: it has it read in (kick) and sleeps, from awaitMin
-// doubling up to awaitMax. False: sleep again (after inMemory); true: the page has been
+// doubling up to awaitMax. False: sleep again (after ready); true: the page has been
 // waited for awaitLimit, or is past the end of the file, so let sendfile wait for it,
 // or say the file is short.
 func (w *diskWait) sleep(off, end int64) bool {
@@ -334,8 +334,7 @@ func kick(fd int, off, n int64, rest bool) {
 		willNeed(fd, off, min(n, raPiece(fd)))
 		return
 	}
-	var b [1]byte
-	_, _ = unix.Preadv2(fd, [][]byte{b[:]}, off, unix.RWF_NOWAIT)
+	probeInMemory(fd, off)
 	if rest && noReadAhead(fd) {
 		willNeed(fd, off, n)
 	}
@@ -434,7 +433,7 @@ func (p *diskPool) load(j *diskJob, buf, vec []byte) error {
 		end = w.size // the reads below find the file short
 	}
 	for off := j.off; off < end && !j.cancel.Load(); {
-		if r, ok := w.inMemory(off, end, vec); ok {
+		if r, ok := w.ready(off, end, vec); ok {
 			off += r
 			w.progress()
 		} else if w.sleep(off, end) {
