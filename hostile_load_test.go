@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -435,7 +436,8 @@ func TestHostileLoad(t *testing.T) {
 			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 			if _, err := c.Read(make([]byte, 1)); err != nil {
 				if ne, ok := err.(net.Error); ok && ne.Timeout() {
-					failedToCut(fmt.Sprintf("a TLS slowloris open %v", time.Since(began).Round(time.Second)))
+					failedToCut(fmt.Sprintf("a TLS slowloris open %v; the daemon's side: %s",
+						time.Since(began).Round(time.Second), serverSide(c.LocalAddr().String(), tlsAddr)))
 				}
 			}
 		}
@@ -791,6 +793,16 @@ func clientSockets(t *testing.T, addr string) int {
 		}
 	}
 	return n
+}
+
+// serverSide says what ss knows of the daemon's end (at addr) of the client's
+// connection from local, for a failure message.
+func serverSide(local, addr string) string {
+	out, err := exec.Command("ss", "-tnieo", "state", "all", "src", addr, "dst", local).CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("ss: %v: %s", err, out)
+	}
+	return strings.Join(strings.Fields(string(out)), " ")
 }
 
 // waitMetrics polls the admin listener until each named metric has its value.
