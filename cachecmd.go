@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/modoffload/offload/cache"
@@ -68,35 +66,12 @@ func parseTrimConfig(args []string, stderr io.Writer) (*trimConfig, error) {
 }
 
 // readCacheSettings applies the cache and cache-size lines of a config file (in
-// readConfigFile's syntax) to the flags not set on the command line.
+// readConfigFile's syntax) to the flags not set on the command line; the other lines
+// are serve's.
 func readCacheSettings(path string, fset *flag.FlagSet, set map[string]bool) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for line := 1; sc.Scan(); line++ {
-		text := strings.TrimSpace(sc.Text())
-		if i := strings.Index(text, "#"); i >= 0 {
-			text = strings.TrimSpace(text[:i])
-		}
-		if text == "" {
-			continue
-		}
-		name, value, ok := strings.Cut(text, "=")
-		name, value = strings.TrimSpace(name), strings.Trim(strings.TrimSpace(value), `"`)
-		if !ok || name == "" {
-			return fmt.Errorf("config %s:%d: want name = value, got %q", path, line, text)
-		}
-		if (name != "cache" && name != "cache-size") || set[name] {
-			continue // another command's setting, or the command line wins
-		}
-		if err := fset.Set(name, value); err != nil {
-			return fmt.Errorf("config %s:%d: %s: %v", path, line, name, err)
-		}
-	}
-	return sc.Err()
+	return readSettings(path, fset, set, func(name string) (bool, error) {
+		return name == "cache" || name == "cache-size", nil
+	})
 }
 
 func runTrim(args []string, stdout, stderr io.Writer) int {

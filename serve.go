@@ -248,8 +248,21 @@ func acmeDirFor(cacheDir string) string {
 	return filepath.Join(cacheDir, "acme")
 }
 
-// readConfigFile applies `name = value` lines to the flags not set on the command line.
+// readConfigFile applies `name = value` lines to the flags not set on the command line;
+// a name that is no flag of fset is an error naming its line.
 func readConfigFile(path string, fset *flag.FlagSet, set map[string]bool) error {
+	return readSettings(path, fset, set, func(name string) (bool, error) {
+		if name == "config" || fset.Lookup(name) == nil {
+			return false, fmt.Errorf("unknown setting %q", name)
+		}
+		return true, nil
+	})
+}
+
+// readSettings reads a config file of `name = value` lines (# starts a comment, values
+// may be quoted) and sets each flag that take says this command takes, unless the
+// command line set it. Errors name the file and line.
+func readSettings(path string, fset *flag.FlagSet, set map[string]bool, take func(name string) (bool, error)) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
@@ -269,11 +282,12 @@ func readConfigFile(path string, fset *flag.FlagSet, set map[string]bool) error 
 		if !ok || name == "" {
 			return fmt.Errorf("config %s:%d: want name = value, got %q", path, line, text)
 		}
-		if name == "config" || fset.Lookup(name) == nil {
-			return fmt.Errorf("config %s:%d: unknown setting %q", path, line, name)
+		use, err := take(name)
+		if err != nil {
+			return fmt.Errorf("config %s:%d: %w", path, line, err)
 		}
-		if set[name] {
-			continue // the command line wins
+		if !use || set[name] {
+			continue // another command's setting, or the command line wins
 		}
 		if err := fset.Set(name, value); err != nil {
 			return fmt.Errorf("config %s:%d: %s: %v", path, line, name, err)
