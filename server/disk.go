@@ -86,9 +86,9 @@ type diskPool struct {
 	// sendfile is a worker's sendfile: unix.Sendfile, a system call the Go scheduler
 	// knows may block (on the disk), unlike the loop's raw one (conn.go).
 	sendfile func(out, in int, off *int64, n int) (int, error)
-	// inCore says how much of a job's bytes is in memory (the function inCore), and
+	// inCore says how much of a job's bytes is in memory (coreView.inCore), and
 	// kick has a worker's next bytes read in (the function kick).
-	inCore func(fd int, off, end int64, vec []byte) int64
+	inCore func(v *coreView, fd int, off, end int64) int64
 	kick   func(fd int, off, n int64, rest bool)
 	// tells says whether mincore tells for a file (mincoreTells).
 	tells func(st *unix.Stat_t) bool
@@ -104,7 +104,7 @@ type diskPool struct {
 
 func newDiskPool(workers int, m *metrics) *diskPool {
 	p := &diskPool{workers: workers, metrics: m, read: unix.Pread, resident: inMemory, cached: readInMemory,
-		sendfile: unix.Sendfile, inCore: inCore, kick: kick, probe: probeInMemory, tells: mincoreTells}
+		sendfile: unix.Sendfile, inCore: (*coreView).inCore, kick: kick, probe: probeInMemory, tells: mincoreTells}
 	p.cond = sync.NewCond(&p.mu)
 	for range workers {
 		go p.run()
@@ -133,7 +133,7 @@ func (p *diskPool) close() {
 
 func (p *diskPool) run() {
 	var buf [1]byte
-	vec := make([]byte, diskLoad/pageSize+2) // inCore's, for a job's pages
+	view := newCoreView()
 	for {
 		p.mu.Lock()
 		for len(p.jobs) == 0 && !p.closed {
@@ -163,11 +163,12 @@ func (p *diskPool) run() {
 			// whole range before the first byte goes, and cost the 8 cold readers of
 			// bench.sh step 5 a fifth of their throughput and a third more hot-file
 			// p99 (0.71x and 1.32x nginx-aio with it, 0.87x and 0.79x without, 8 rounds).
-			p.send(j, vec)
+			p.send(j, view)
 			unix.Close(j.sock)
 		} else {
-			j.err = p.load(j, buf[:], vec)
+			j.err = p.load(j, buf[:], view)
 		}
+		view.release()
 		p.metrics.diskReads.Observe(time.Since(start).Seconds())
 		unix.Close(j.fd)
 		j.done.Store(true)
@@ -188,7 +189,7 @@ func (p *diskPool) run() {
 // without waiting for them (kick), and sleeps until they are in; after awaitLimit of
 // waiting for one page it lets sendfile wait instead, as a page whose read failed
 // never comes in, and the blocking read reports why (EIO).
-func (p *diskPool) send(j *diskJob, vec []byte) {
+func (p *diskPool) send(j *diskJob, view *coreView) {
 	off, end := j.off, j.off+j.n
 	w := p.newWait(j)
 	if w.size >= 0 && w.size < end {
@@ -206,7 +207,7 @@ func (p *diskPool) send(j *diskJob, vec []byte) {
 	}
 	for off < end && !j.cancel.Load() {
 		n := end - off
-		if r, ok := w.ready(off, end, vec); ok {
+		if r, ok := w.ready(off, end, view); ok {
 			n = r
 		} else if !w.sleep(off, end) {
 			continue
@@ -270,9 +271,9 @@ func mincoreTells(st *unix.Stat_t) bool {
 
 // ready says how many bytes from off (before end) are in memory and may go out
 // without waiting for the disk; false: none, so wait (sleep).
-func (w *diskWait) ready(off, end int64, vec []byte) (int64, bool) {
+func (w *diskWait) ready(off, end int64, view *coreView) (int64, bool) {
 	if !w.noCore {
-		if r := w.p.inCore(w.j.fd, off, end, vec); r > 0 {
+		if r := w.p.inCore(view, w.j.fd, off, end); r > 0 {
 			return r, true
 		}
 		return 0, false
@@ -376,31 +377,54 @@ const (
 // pageSize is the page cache's unit.
 var pageSize = os.Getpagesize()
 
+// coreView is a worker's way of asking which of a job's bytes are in memory: a
+// mapping of them it never touches, so that nothing is read or faulted in, which
+// mincore(2) looks up in the page cache (a page being read in counts as not in
+// memory), and vec, mincore's answer, a byte a page. The mapping is made at a job's
+// first question and kept until the job ends (release): one per question cost an mmap
+// and a munmap each time a waiting worker looked (some 19 µs for 2 MiB).
+type coreView struct {
+	vec  []byte
+	m    []byte // the mapping; nil: none
+	fd   int    // the file m maps
+	base int64  // the file offset of m[0]
+}
+
+func newCoreView() *coreView { return &coreView{vec: make([]byte, diskLoad/pageSize+2)} }
+
+// release unmaps the job's bytes; a worker calls it before it closes the job's file.
+func (v *coreView) release() {
+	if v.m != nil {
+		_ = unix.Munmap(v.m)
+		v.m = nil
+	}
+}
+
 // inCore returns how many of the bytes [off, end) of fd, from off on, are in memory: up
-// to the first page that is not (0: the one at off is not). It maps the bytes without
-// touching them, so that nothing is read or faulted in, and asks mincore(2), which
-// looks them up in the page cache (a page being read in counts as not in memory);
-// vec is scratch, a byte a page. Where the mapping or mincore fails (a file system
-// without mmap), it says all of them, and sendfile waits as it would.
-func inCore(fd int, off, end int64, vec []byte) int64 {
+// to the first page that is not (0: the one at off is not), looking at len(vec) pages
+// at most. Where the mapping or mincore fails (a file system without mmap), it says all
+// of them, and sendfile waits as it would.
+func (v *coreView) inCore(fd int, off, end int64) int64 {
 	ps := int64(pageSize)
 	base := off &^ (ps - 1)
+	if pages := (end - base + ps - 1) / ps; pages > int64(len(v.vec)) {
+		end = base + int64(len(v.vec))*ps
+	}
+	if v.m == nil || v.fd != fd || base < v.base || end > v.base+int64(len(v.m)) {
+		v.release()
+		m, err := unix.Mmap(fd, base, int(end-base), unix.PROT_READ, unix.MAP_SHARED)
+		if err != nil {
+			return end - off
+		}
+		v.m, v.fd, v.base = m, fd, base
+	}
 	pages := (end - base + ps - 1) / ps
-	if pages > int64(len(vec)) {
-		pages = int64(len(vec))
-		end = base + pages*ps
-	}
-	m, err := unix.Mmap(fd, base, int(end-base), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&v.m[base-v.base])),
+		uintptr(pages*ps), uintptr(unsafe.Pointer(&v.vec[0]))); errno != 0 {
 		return end - off
 	}
-	defer unix.Munmap(m)
-	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)),
-		uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
-		return end - off
-	}
-	for i, v := range vec[:pages] {
-		if v&1 == 0 {
+	for i, in := range v.vec[:pages] {
+		if in&1 == 0 {
 			return max(0, base+int64(i)*ps-off)
 		}
 	}
@@ -425,7 +449,7 @@ var errShortFile = errors.New("data file shorter than its metadata")
 // asleep, as send does, until inCore finds it all in memory (or awaitLimit passes),
 // then reads one byte every diskStep, the last on the range's last byte, which are in
 // memory by then: a disk error surfaces on those reads.
-func (p *diskPool) load(j *diskJob, buf, vec []byte) error {
+func (p *diskPool) load(j *diskJob, buf []byte, view *coreView) error {
 	j.hint()
 	end := j.off + j.n
 	w := p.newWait(j)
@@ -433,7 +457,7 @@ func (p *diskPool) load(j *diskJob, buf, vec []byte) error {
 		end = w.size // the reads below find the file short
 	}
 	for off := j.off; off < end && !j.cancel.Load(); {
-		if r, ok := w.ready(off, end, vec); ok {
+		if r, ok := w.ready(off, end, view); ok {
 			off += r
 			w.progress()
 		} else if w.sleep(off, end) {

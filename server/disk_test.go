@@ -427,14 +427,14 @@ func TestWorkersWaitForTheDiskAsleep(t *testing.T) {
 		l.MaxDupes = 0
 		c.diskPool = func(p *diskPool) {
 			p.tells = func(st *unix.Stat_t) bool { return !lie.Load() || st.Ino != ino.Load() }
-			p.inCore = func(fd int, off, end int64, vec []byte) int64 {
+			p.inCore = func(v *coreView, fd int, off, end int64) int64 {
 				if ofData(fd) && lie.Load() {
 					return end - off
 				}
 				if ofData(fd) {
 					return max(0, min(end, arrived.Load())-off)
 				}
-				return inCore(fd, off, end, vec)
+				return v.inCore(fd, off, end)
 			}
 			p.resident = func(fd int, off int64) bool {
 				if ofData(fd) {
@@ -526,39 +526,56 @@ func TestWorkersWaitForTheDiskAsleep(t *testing.T) {
 	}
 }
 
-// TestInCore: inCore finds the bytes of a file that are in memory, from an offset up to
-// the first page that is not.
+// TestInCore: a coreView finds the bytes of a file that are in memory, from an offset
+// up to the first page that is not, on one mapping for as long as the questions stay
+// within it (what the page cache holds meanwhile still shows), until release.
 func TestInCore(t *testing.T) {
 	fd := openTemp(t, randomBytes(1<<20))
-	vec := make([]byte, diskLoad/pageSize+2)
+	v := newCoreView()
 	_ = unix.Fdatasync(fd)
 	// Whether the eviction worked, a read of the last byte says (it reads in pages
 	// there, none at the start).
 	if err := unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED); err != nil || inMemory(fd, 1<<20-1) {
 		t.Skip("cannot empty the page cache of a file here")
 	}
-	if got := inCore(fd, 0, 512<<10, vec); got != 0 {
+	if got := v.inCore(fd, 0, 1<<20); got != 0 {
 		t.Errorf("an evicted file: %d bytes in memory", got)
 	}
+	mapping := &v.m[0]
 	// Read the first 100 KiB in: the kernel may read ahead past them, never less.
 	if _, err := unix.Pread(fd, make([]byte, 100<<10), 0); err != nil {
 		t.Fatal(err)
 	}
-	if got := inCore(fd, 0, 1<<20, vec); got < 100<<10 || got%int64(pageSize) != 0 {
+	if got := v.inCore(fd, 0, 1<<20); got < 100<<10 || got%int64(pageSize) != 0 {
 		t.Errorf("after reading 100 KiB: %d bytes in memory", got)
 	}
-	if got := inCore(fd, 5000, 9000, vec); got != 4000 {
+	if got := v.inCore(fd, 5000, 9000); got != 4000 {
 		t.Errorf("a range within the pages read: %d bytes, want 4000", got)
+	}
+	if &v.m[0] != mapping {
+		t.Error("questions within the mapping made a new one")
 	}
 	if _, err := unix.Pread(fd, make([]byte, 1<<20), 0); err != nil {
 		t.Fatal(err)
 	}
-	if got := inCore(fd, 12345, 1<<20, vec); got != 1<<20-12345 {
+	if got := v.inCore(fd, 12345, 1<<20); got != 1<<20-12345 {
 		t.Errorf("all read: %d bytes from 12345, want %d", got, 1<<20-12345)
 	}
 	// A range past the end of the file is not in memory, and no page is faulted in.
-	if got := inCore(fd, 1<<20, 1<<20+8192, vec); got != 0 {
+	if got := v.inCore(fd, 1<<20, 1<<20+8192); got != 0 {
 		t.Errorf("past the end: %d bytes", got)
+	}
+	// More than the view holds pages for: it answers for those.
+	big := openTemp(t, randomBytes(3*diskLoad))
+	if _, err := unix.Pread(big, make([]byte, 3*diskLoad), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := v.inCore(big, 4096, 3*diskLoad), int64(len(v.vec)*pageSize); got != want {
+		t.Errorf("a range of more pages than the view's: %d bytes, want %d", got, want)
+	}
+	v.release()
+	if v.m != nil {
+		t.Error("release kept the mapping")
 	}
 }
 
@@ -594,11 +611,12 @@ func TestWorkerReadsInWithoutReadAhead(t *testing.T) {
 	m := &metrics{diskReads: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "r"}),
 		diskWaitsGivenUp: prometheus.NewCounter(prometheus.CounterOpts{Name: "g"})}
 	p := newDiskPool(0, m)
-	vec := make([]byte, diskLoad/pageSize+2)
+	view := newCoreView()
+	defer view.release()
 	start := time.Now()
 	for off := int64(0); off < size; {
 		j := &diskJob{fd: fd, off: off, n: min(diskLoad, size-off), sock: pair[0]}
-		p.send(j, vec)
+		p.send(j, view)
 		if j.err != nil || j.sendErr != nil || j.noSendfile {
 			t.Fatalf("at %d: %v %v %v", off, j.err, j.sendErr, j.noSendfile)
 		}
@@ -630,7 +648,8 @@ func TestJobsPastTheEndReturnAtOnce(t *testing.T) {
 	m := &metrics{diskWaitsGivenUp: prometheus.NewCounter(prometheus.CounterOpts{Name: "g"})}
 	p := newDiskPool(0, m)
 	var buf [1]byte
-	vec := make([]byte, diskLoad/pageSize+2)
+	view := newCoreView()
+	defer view.release()
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -640,11 +659,11 @@ func TestJobsPastTheEndReturnAtOnce(t *testing.T) {
 	start := time.Now()
 	for _, off := range []int64{200 << 10, 100 << 10, 100<<10 - 10} {
 		j := &diskJob{fd: fd, off: off, n: 1 << 20, sock: -1}
-		if err := p.load(j, buf[:], vec); err != nil {
+		if err := p.load(j, buf[:], view); err != nil {
 			t.Errorf("load at %d: %v", off, err)
 		}
 		j = &diskJob{fd: fd, off: off, n: 1 << 20, sock: pair[0]}
-		p.send(j, vec)
+		p.send(j, view)
 		if want := max(0, 100<<10-off); j.sent != want || j.sendErr != errShortFile {
 			t.Errorf("send at %d: %d bytes sent (want %d), %v", off, j.sent, want, j.sendErr)
 		}
