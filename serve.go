@@ -293,7 +293,10 @@ func readSettings(path string, fset *flag.FlagSet, set map[string]bool, take fun
 			return fmt.Errorf("config %s:%d: %s: %v", path, line, name, err)
 		}
 	}
-	return sc.Err()
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
 }
 
 func (c *serveConfig) check() error {

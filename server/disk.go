@@ -260,13 +260,26 @@ func (p *diskPool) newWait(j *diskJob) *diskWait {
 	return w
 }
 
-// mincoreTells says whether mincore(2) tells which pages of the file are in memory: as
-// Linux has it (can_do_mincore), for a file the process owns, may write, or is root
-// for; for others it says they all are. (Group and other write permissions are not
-// looked at: such files go the slower way, which is right whatever mincore says.)
+// mincoreTells says whether mincore(2) tells which pages of the file are in memory.
+// Linux (can_do_mincore) tells for a file the process owns or has CAP_FOWNER over, or
+// may open for writing; for the others it says every page is. Only the first two are
+// looked at: a file that is writable by group or others or only by the grace of
+// CAP_DAC_OVERRIDE goes the slower way, which is right whatever mincore says. The
+// capability, not the user id, decides for root: a root daemon whose capabilities a
+// bounding set took away (CapabilityBoundingSet=) is told every page is in memory.
 func mincoreTells(st *unix.Stat_t) bool {
-	euid := os.Geteuid()
-	return euid == 0 || st.Uid == uint32(euid) || st.Mode&0o002 != 0
+	return st.Uid == uint32(os.Geteuid()) || hasCapability(unix.CAP_FOWNER)
+}
+
+// hasCapability says whether the calling thread has the capability in its effective
+// set. Asked each time: a daemon that drops its privileges after start loses them.
+func hasCapability(c int) bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if unix.Capget(&hdr, &data[0]) != nil || c >= 64 {
+		return false
+	}
+	return data[c/32].Effective&(1<<(c%32)) != 0
 }
 
 // ready says how many bytes from off (before end) are in memory and may go out
@@ -388,6 +401,7 @@ type coreView struct {
 	m    []byte // the mapping; nil: none
 	fd   int    // the file m maps
 	base int64  // the file offset of m[0]
+	maps int    // mappings made (for tests)
 }
 
 func newCoreView() *coreView { return &coreView{vec: make([]byte, diskLoad/pageSize+2)} }
@@ -405,6 +419,9 @@ func (v *coreView) release() {
 // at most. Where the mapping or mincore fails (a file system without mmap), it says all
 // of them, and sendfile waits as it would.
 func (v *coreView) inCore(fd int, off, end int64) int64 {
+	if off >= end {
+		return 0
+	}
 	ps := int64(pageSize)
 	base := off &^ (ps - 1)
 	if pages := (end - base + ps - 1) / ps; pages > int64(len(v.vec)) {
@@ -417,6 +434,7 @@ func (v *coreView) inCore(fd int, off, end int64) int64 {
 			return end - off
 		}
 		v.m, v.fd, v.base = m, fd, base
+		v.maps++
 	}
 	pages := (end - base + ps - 1) / ps
 	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&v.m[base-v.base])),
