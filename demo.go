@@ -182,7 +182,7 @@ func demo(dir string, keep bool, basePort, offloadPort int, existing, path strin
 	if existing == "" {
 		if st, err := os.Stat(filepath.Join(docroot, filepath.FromSlash(path))); err == nil {
 			body = make([]byte, st.Size())
-			for i := 0; i < len(body); i += os.Getpagesize() {
+			for i, page := 0, os.Getpagesize(); i < len(body); i += page {
 				body[i] = 1
 			}
 		}
@@ -363,27 +363,17 @@ func timedDownload(client *http.Client, url string, buf []byte) (n int64, sum [3
 		return 0, sum, 0, fmt.Errorf("%s: status %d", url, resp.StatusCode)
 	}
 	if size := resp.ContentLength; size >= 0 && size <= int64(len(buf)) {
-		k, err := io.ReadFull(resp.Body, buf[:size])
-		if err == nil {
-			var one [1]byte
-			if _, err = resp.Body.Read(one[:]); err == io.EOF {
-				err = nil
-			} else if err == nil {
-				err = errors.New("more bytes than its Content-Length")
-			}
-		}
-		if err != nil {
+		// (net/http ends a body at its Content-Length.)
+		if k, err := io.ReadFull(resp.Body, buf[:size]); err != nil {
 			return int64(k), sum, 0, fmt.Errorf("%s: %w after %d bytes", url, err, k)
 		}
 		took = time.Since(start)
 		return size, sha256.Sum256(buf[:size]), took, nil
 	}
-	h := sha256.New()
-	n, err = io.CopyBuffer(h, resp.Body, make([]byte, 1<<20))
+	n, sum, err = hashOf(resp.Body)
 	if err != nil {
 		return n, sum, 0, fmt.Errorf("%s: %w after %d bytes", url, err, n)
 	}
-	h.Sum(sum[:0])
 	return n, sum, time.Since(start), nil
 }
 
@@ -394,10 +384,14 @@ func fileSum(path string) (sum [32]byte, err error) {
 		return sum, err
 	}
 	defer f.Close()
+	_, sum, err = hashOf(f)
+	return sum, err
+}
+
+// hashOf reads r to its end and returns how many bytes it gave and their sha256.
+func hashOf(r io.Reader) (n int64, sum [32]byte, err error) {
 	h := sha256.New()
-	if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
-		return sum, err
-	}
+	n, err = io.CopyBuffer(h, r, make([]byte, 1<<20))
 	h.Sum(sum[:0])
-	return sum, nil
+	return n, sum, err
 }

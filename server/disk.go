@@ -394,8 +394,8 @@ var pageSize = os.Getpagesize()
 // mapping of them it never touches, so that nothing is read or faulted in, which
 // mincore(2) looks up in the page cache (a page being read in counts as not in
 // memory), and vec, mincore's answer, a byte a page. The mapping is made at a job's
-// first question and kept until the job ends (release): one per question cost an mmap
-// and a munmap each time a waiting worker looked (some 19 µs for 2 MiB).
+// first question and kept until the job ends (release), rather than an mmap and a
+// munmap each time a waiting worker looks.
 type coreView struct {
 	vec  []byte
 	m    []byte // the mapping; nil: none
@@ -424,9 +424,7 @@ func (v *coreView) inCore(fd int, off, end int64) int64 {
 	}
 	ps := int64(pageSize)
 	base := off &^ (ps - 1)
-	if pages := (end - base + ps - 1) / ps; pages > int64(len(v.vec)) {
-		end = base + int64(len(v.vec))*ps
-	}
+	end = min(end, base+int64(len(v.vec))*ps)
 	if v.m == nil || v.fd != fd || base < v.base || end > v.base+int64(len(v.m)) {
 		v.release()
 		m, err := unix.Mmap(fd, base, int(end-base), unix.PROT_READ, unix.MAP_SHARED)
